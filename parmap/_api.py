@@ -1,0 +1,539 @@
+"""``parmap()``, ``imap()`` and ``starmap()``: one call, any backend.
+
+One item's journey::
+
+    parmap(fn, items)
+      │ resolve the backend (argument > config() > $PARMAP_BACKEND > default)
+      │ serialize fn once (cloudpickle; share() handles publish their value)
+      ▼
+    _Call.results()  ── the loop below, the only scheduler in parmap ──┐
+      │ read the next batch from the input (size from _batching.Batcher) │
+      │ backend.submit(spec, batch)  while the window has room            │
+      │ backend.wait(in_flight)      until one batch is done              │
+      │ worker: _worker.run_batch -> Outcome (results, timing, or error)  │
+      │ learn the per-item cost, retry a crashed batch, or raise          │
+      │ yield results in input order (or as completed)  ◄─────────────────┘
+      ▼
+    list / iterator of results
+
+On any exit from the loop (error, timeout, Ctrl-C, an abandoned ``imap``) the
+batches still in flight are cancelled; on timeout and Ctrl-C running work is
+stopped too.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import logging
+import operator
+import reprlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Sized
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from parmap import _config, _registry
+from parmap._batching import Batcher
+from parmap._errors import (
+    RemoteTraceback,
+    SerializationError,
+    TimeoutError,
+    WorkerCrashedError,
+    WorkerInitializationError,
+)
+from parmap._serialization import digest, dumps, loads
+from parmap._share import publishing
+from parmap._worker import CallSpec, ErrorRecord, Outcome
+from parmap.backends._base import Backend
+
+__all__ = ["imap", "parmap", "starmap"]
+
+log = logging.getLogger("parmap")
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
+
+
+def parmap(
+    fn: Callable[..., Any],
+    *iterables: Iterable[Any],
+    backend: str | None = None,
+    workers: int | None = None,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: bool | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+    address: str | None = None,
+) -> list[Any]:
+    """Apply ``fn`` to every item in parallel and return the results as a list.
+
+    Called like the built-in ``map``: with several iterables, ``fn`` gets one
+    argument from each and the shortest iterable ends the call. So
+    ``toolbox.register("map", parmap.parmap)`` works in DEAP as is.
+
+    Args:
+        fn: the function; lambdas, closures and decorated functions work.
+        *iterables: one or more iterables (generators included).
+        backend: ``"serial"``, ``"multiprocessing"``, ``"loky"``, ``"ray"``,
+            ``"dask"`` or a registered name; default from ``parmap.config()``,
+            then ``$PARMAP_BACKEND``, then ray if installed, else loky.
+        workers: parallel workers (default: all CPUs, or the cluster's).
+        chunksize: items per task; ``None`` sizes batches automatically.
+        ordered: results in input order (True) or in completion order.
+        progress: show a tqdm progress bar.
+        timeout: seconds for the whole call; then running work is stopped.
+        retries: times a batch lost to a crashed worker is retried (default 0).
+        initializer: called once in each worker process before its first item.
+        initargs: arguments for ``initializer``.
+        address: a Ray cluster or Dask scheduler address (ray and dask only).
+
+    Returns:
+        The list of ``fn``'s results.
+
+    Raises:
+        Exception: whatever ``fn`` raised, with its own type, the worker's
+            traceback as ``__cause__`` and a note naming the item.
+        UnknownBackendError: the backend name is not known (a ``ValueError``).
+        BackendNotInstalledError: the backend's package is missing.
+        SerializationError: ``fn``, an item or a result cannot be pickled.
+        WorkerCrashedError: a worker process died.
+        WorkerInitializationError: ``initializer`` raised.
+        TimeoutError: ``timeout`` passed (a builtin ``TimeoutError`` too).
+    """
+    call = _Call.create(
+        fn, _zip(iterables), locals(), star=len(iterables) > 1, total=_total(iterables)
+    )
+    return list(call.results())
+
+
+def imap(
+    fn: Callable[..., Any],
+    *iterables: Iterable[Any],
+    backend: str | None = None,
+    workers: int | None = None,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: bool | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+    address: str | None = None,
+) -> Iterator[Any]:
+    """Like :func:`parmap`, but return an iterator that streams the results.
+
+    Only a bounded number of items is read ahead and in flight, so an endless
+    generator runs in bounded memory. Closing the iterator (or leaving a
+    ``for`` loop over it) cancels the work not yet started.
+
+    Args:
+        fn: see :func:`parmap`.
+        *iterables: see :func:`parmap`.
+        backend: see :func:`parmap`.
+        workers: see :func:`parmap`.
+        chunksize: see :func:`parmap`.
+        ordered: see :func:`parmap`.
+        progress: see :func:`parmap`.
+        timeout: see :func:`parmap`.
+        retries: see :func:`parmap`.
+        initializer: see :func:`parmap`.
+        initargs: see :func:`parmap`.
+        address: see :func:`parmap`.
+
+    Returns:
+        An iterator over ``fn``'s results.
+
+    Raises:
+        Exception: as :func:`parmap`; errors about the arguments are raised
+            by this call, errors of the work while iterating.
+    """
+    call = _Call.create(
+        fn, _zip(iterables), locals(), star=len(iterables) > 1, total=_total(iterables)
+    )
+    return call.results()
+
+
+def starmap(fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
+    """Like :func:`parmap`, with each item unpacked as ``fn(*item)``.
+
+    Args:
+        fn: the function.
+        iterable: an iterable of argument tuples.
+        **options: the keyword arguments of :func:`parmap`.
+
+    Returns:
+        The list of results.
+
+    Raises:
+        Exception: as :func:`parmap`.
+    """
+    unknown = set(options) - _CALL_OPTIONS
+    if unknown:
+        raise TypeError(f"starmap() got unexpected keyword argument(s) {sorted(unknown)}")
+    call = _Call.create(fn, iter(iterable), options, star=True, total=_total((iterable,)))
+    return list(call.results())
+
+
+_CALL_OPTIONS = frozenset(
+    {"backend", "workers", "chunksize", "ordered", "progress", "timeout", "retries",
+     "initializer", "initargs", "address"}
+)  # fmt: skip
+
+
+def _zip(iterables: tuple[Iterable[Any], ...]) -> Iterator[Any]:
+    if not iterables:
+        raise TypeError("parmap() needs at least one iterable, like map()")
+    if len(iterables) == 1:
+        return iter(iterables[0])
+    return zip(*iterables, strict=False)
+
+
+def _total(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    if iterables and all(isinstance(it, Sized) for it in iterables):
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    hints = [operator.length_hint(it, -1) for it in iterables]
+    return min(hints) if hints and min(hints) > 0 else None
+
+
+@dataclass
+class _Batch:
+    seq: int
+    start: int
+    items: list[Any]
+    payload: Any
+    attempts: int = 0
+
+    def span(self) -> str:
+        end = self.start + len(self.items) - 1
+        return str(self.start) if end == self.start else f"{self.start}-{end}"
+
+
+@dataclass
+class _Call:
+    """One parmap call: its backend, its serialized function and its settings."""
+
+    backend: Backend
+    spec: Any
+    items: Iterator[Any]
+    batcher: Batcher
+    ordered: bool
+    progress: bool
+    timeout: float | None
+    retries: int
+    fn_name: str
+    started: float = field(default_factory=time.monotonic)
+    done_items: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        fn: Callable[..., Any],
+        items: Iterator[Any],
+        args: dict[str, Any],
+        *,
+        star: bool,
+        total: int | None,
+    ) -> _Call:
+        """Check the arguments, pick the backend and serialize the function."""
+        if not callable(fn):
+            raise TypeError(f"parmap's first argument must be callable, got {_repr.repr(fn)}")
+        get = partial(_setting, args)
+        choice = _config.get_backend(args.get("backend"), args.get("workers"))
+        workers = _positive("workers", choice.workers)
+        chunksize = _positive("chunksize", get("chunksize"))
+        retries = get("retries") or 0
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+        timeout = get("timeout")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        options = {"workers": workers, "address": get("address")}
+        options["start_method"] = get("start_method") if choice.name == "multiprocessing" else None
+        backend = _registry.acquire(choice.name, options, source=choice.source)
+        spec, keys = _spec(backend, fn, star, args.get("initializer"), args.get("initargs", ()))
+        batcher = Batcher(backend.workers, backend.batch_overhead, total, keys, chunksize)
+        log.debug("parmap: %s, %d workers, %s items", choice, backend.workers, total)
+        return cls(
+            backend=backend,
+            spec=backend.prepare(spec),
+            items=items,
+            batcher=batcher,
+            ordered=bool(args.get("ordered", True)),
+            progress=bool(get("progress")),
+            timeout=timeout,
+            retries=retries,
+            fn_name=_qualname(fn),
+        )
+
+    def results(self) -> Iterator[Any]:
+        """Drive the call; yield results. See the module docstring."""
+        in_flight: dict[cf.Future[Any], _Batch] = {}
+        bar = _progress_bar(self) if self.progress else None
+        stop_running = True
+        try:
+            yield from self._drive(in_flight, bar)
+            stop_running = False
+        except GeneratorExit:  # the caller abandoned imap(): cancel what has not started
+            stop_running = False
+            raise
+        except Exception as exc:  # fn's error: running batches are bounded, let them end
+            stop_running = isinstance(exc, (TimeoutError, WorkerCrashedError))
+            raise
+        finally:  # KeyboardInterrupt and other BaseExceptions stop running work
+            if in_flight:
+                self.backend.cancel(list(in_flight), stop_running=stop_running)
+            if bar is not None:
+                bar.close()
+
+    def _drive(self, in_flight: dict[cf.Future[Any], _Batch], bar: Any) -> Iterator[Any]:
+        ready: dict[int, list[Any]] = {}
+        next_seq = seq = next_index = 0
+        exhausted = False
+        while True:
+            while not exhausted and self._room(in_flight, ready):
+                size = self.batcher.next_size()
+                chunk = self._read(size, next_index)
+                exhausted = len(chunk) < size
+                if chunk:
+                    batch = _Batch(seq, next_index, chunk, self._payload(chunk, next_index))
+                    self._submit(batch, in_flight)
+                    self.batcher.took(len(chunk))
+                    seq, next_index = seq + 1, next_index + len(chunk)
+            if not in_flight:
+                return
+            done = self.backend.wait(list(in_flight), self._remaining())
+            if not done:
+                self._time_out()
+            for future in sorted(done, key=lambda f: in_flight[f].seq):
+                batch = in_flight.pop(future)
+                results = self._collect(future, batch, in_flight)
+                if results is None:  # resubmitted after a crash
+                    continue
+                self.done_items += len(results)
+                if bar is not None:
+                    bar.update(len(results))
+                if self.ordered:
+                    ready[batch.seq] = results
+                else:
+                    yield from results
+            while next_seq in ready:
+                yield from ready.pop(next_seq)
+                next_seq += 1
+            if self._remaining() == 0.0:
+                self._time_out()
+
+    def _room(self, in_flight: dict[Any, _Batch], ready: dict[int, Any]) -> bool:
+        workers = self.backend.workers
+        window = workers if self.batcher.probing else 2 * workers
+        return len(in_flight) < window and len(in_flight) + len(ready) < 8 * workers
+
+    def _read(self, size: int, start: int) -> list[Any]:
+        chunk: list[Any] = []
+        try:
+            chunk.extend(itertools.islice(self.items, size))
+        except Exception as exc:
+            index = start + len(chunk)
+            _add_note(exc, f"parmap: raised by the input iterable while reading item {index}")
+            raise
+        return chunk
+
+    def _payload(self, chunk: list[Any], start: int) -> Any:
+        if not self.backend.serializes:
+            return chunk
+        try:
+            return dumps(chunk)
+        except Exception as exc:
+            position = _first_unpicklable(chunk)
+            what = "an item"
+            if position >= 0:
+                what = f"item {start + position} ({_repr.repr(chunk[position])})"
+            raise SerializationError(
+                f"{what} could not be pickled to send it to a {self.backend.name} worker: {exc}"
+            ) from exc
+
+    def _submit(self, batch: _Batch, in_flight: dict[cf.Future[Any], _Batch]) -> None:
+        try:
+            future = self.backend.submit(self.spec, batch.payload)
+        except Exception as exc:
+            error = self.backend.translate(exc, None)
+            if error is exc:
+                raise
+            raise error from exc
+        in_flight[future] = batch
+
+    def _collect(
+        self, future: cf.Future[Any], batch: _Batch, in_flight: dict[cf.Future[Any], _Batch]
+    ) -> list[Any] | None:
+        try:
+            raw = future.result()
+        except BaseException as exc:
+            error = self.backend.translate(exc, future)
+            if isinstance(error, WorkerCrashedError):
+                if batch.attempts < self.retries:
+                    batch.attempts += 1
+                    log.warning("parmap: %s; retrying items %s", error, batch.span())
+                    self._submit(batch, in_flight)
+                    return None
+                raise self._crashed(error, batch, in_flight) from exc
+            if error is exc:
+                raise
+            raise error from exc
+        outcome: Outcome = loads(raw) if isinstance(raw, bytes) else raw
+        if outcome.error is not None:
+            raise self._failure(outcome, batch)
+        self.batcher.observe(len(batch.items), outcome.seconds)
+        return outcome.results
+
+    def _crashed(
+        self, error: WorkerCrashedError, batch: _Batch, in_flight: dict[Any, _Batch]
+    ) -> WorkerCrashedError:
+        lost = [batch, *in_flight.values()]
+        spans = ", ".join(b.span() for b in sorted(lost, key=lambda b: b.start))
+        hint = "" if self.retries else "; pass retries=N to retry lost batches"
+        message = f"{error} while running {self.fn_name}; items in flight: {spans}{hint}"
+        indices = [i for b in lost for i in range(b.start, b.start + len(b.items))]
+        return WorkerCrashedError(message, exitcode=error.exitcode, items=sorted(indices))
+
+    def _failure(self, outcome: Outcome, batch: _Batch) -> BaseException:
+        record = outcome.error
+        assert record is not None
+        where = f"{self.backend.name} worker pid {outcome.pid}"
+        if record.position is not None:
+            shown = _repr.repr(batch.items[record.position])
+            item = f"item {batch.start + record.position}: {shown}"
+        else:
+            item = f"items {batch.span()}"
+        if record.stage == "item":
+            exc = record.exc if record.exc is not None else _rebuild(record)
+            if self.backend.serializes:
+                exc.__cause__ = RemoteTraceback(record.tb)
+            _add_note(exc, f"parmap: raised by {self.fn_name} on {item} ({where})")
+            return exc
+        cause = record.exc if record.exc is not None and not self.backend.serializes else None
+        if record.stage == "init":
+            error: BaseException = WorkerInitializationError(
+                f"initializer raised {record.type_name}: {record.message} ({where}); "
+                "no item ran. Fix the initializer; it runs once in each worker process"
+            )
+        elif record.stage == "result":
+            error = SerializationError(
+                f"the result of {self.fn_name} on {item} could not be pickled to send it "
+                f"back from the {where}: {record.type_name}: {record.message}"
+            )
+        else:
+            error = SerializationError(
+                f"the {where} could not unpickle the function or {item}: "
+                f"{record.type_name}: {record.message}. {_LOAD_HINT}"
+            )
+        error.__cause__ = cause or RemoteTraceback(record.tb)
+        return error
+
+    def _remaining(self) -> float | None:
+        if self.timeout is None:
+            return None
+        return max(0.0, self.timeout - (time.monotonic() - self.started))
+
+    def _time_out(self) -> None:
+        total = "?" if self.batcher.total is None else self.batcher.total
+        raise TimeoutError(
+            f"parmap call of {self.fn_name} exceeded timeout={self.timeout}s on the "
+            f"{self.backend.name} backend ({self.done_items} of {total} items done); "
+            "its running work was stopped"
+        )
+
+
+_LOAD_HINT = (
+    "Workers must be able to import the modules your function and items come from "
+    "(install them there, or ship one by value with cloudpickle.register_pickle_by_value(module)); "
+    "classes made at run time can be made on each worker with initializer="
+)
+
+
+def _setting(args: dict[str, Any], key: str) -> Any:
+    return _config.resolve(key, args.get(key))[0]
+
+
+def _positive(name: str, value: Any) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    return value
+
+
+def _spec(
+    backend: Backend,
+    fn: Callable[..., Any],
+    star: bool,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+) -> tuple[CallSpec, tuple[str | None, ...]]:
+    """Serialize the function (and initializer) once for the whole call."""
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be callable, got {_repr.repr(initializer)}")
+    init = (initializer, tuple(initargs)) if initializer is not None else None
+    name_key = "name:" + _qualname(fn)
+    if not backend.serializes:
+        init_token = digest(_dumps_or_raise(init, "initializer")) if init else None
+        return CallSpec("local", fn, star, init_token, init), (None, name_key)
+    with publishing(backend):
+        fn_blob = _dumps_or_raise(fn, "function")
+        init_blob = _dumps_or_raise(init, "initializer") if init else None
+    token = digest(fn_blob)
+    spec = CallSpec(token, fn_blob, star, digest(init_blob) if init_blob else None, init_blob)
+    return spec, (token, name_key)
+
+
+def _dumps_or_raise(obj: Any, what: str) -> bytes:
+    try:
+        return dumps(obj)
+    except Exception as exc:
+        raise SerializationError(
+            f"the {what} {_repr.repr(obj)} could not be pickled to send it to the workers "
+            f"(nothing was started): {exc}. Make it picklable, or create the unpicklable "
+            "object on the worker (inside the function, or in initializer=)"
+        ) from exc
+
+
+def _first_unpicklable(chunk: list[Any]) -> int:
+    for position, item in enumerate(chunk):
+        try:
+            dumps(item)
+        except Exception:
+            return position
+    return -1
+
+
+def _qualname(fn: Any) -> str:
+    while isinstance(fn, partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}"
+
+
+def _rebuild(record: ErrorRecord) -> BaseException:
+    """Re-create an exception that could not be pickled, keeping its type if possible."""
+    module, _, name = record.type_name.rpartition(".")
+    try:
+        cls = getattr(__import__(module, fromlist=[name]), name)
+        return cls(record.message)
+    except Exception:
+        return RuntimeError(f"{record.type_name}: {record.message}")
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
+def _progress_bar(call: _Call) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=call.batcher.total, unit="item", desc=f"parmap[{call.backend.name}]")

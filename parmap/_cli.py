@@ -1,0 +1,86 @@
+"""The ``parmap`` command: ``parmap info`` and ``parmap bench``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import platform
+import sys
+from collections.abc import Sequence
+
+from parmap import _config, _registry
+from parmap._errors import ParmapError
+from parmap.backends._base import default_workers
+
+__all__ = ["main"]
+
+_PACKAGES = {
+    "serial": (),
+    "multiprocessing": (),
+    "loky": ("loky",),
+    "ray": ("ray",),
+    "dask": ("dask", "distributed"),
+}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def info(out: object = None) -> str:
+    """Describe the installed backends and the choice a call would make now.
+
+    Returns:
+        The text printed by ``parmap info``.
+    """
+    lines = [
+        f"parmap {_version('parmap-backends') or 'unknown'} on Python "
+        f"{platform.python_version()} ({platform.system()}, {default_workers()} CPUs usable)",
+        "",
+        "backends:",
+    ]
+    for name in _registry.backend_names():
+        packages = _PACKAGES.get(name, ())
+        if _registry.is_installed(name):
+            versions = ", ".join(f"{p} {_version(p)}" for p in packages) or "standard library"
+            state = f"installed ({versions})"
+        else:
+            state = f"not installed: pip install 'parmap-backends[{(packages or (name,))[0]}]'"
+        lines.append(f"  {name:<16} {state}")
+    lines.append("")
+    try:
+        lines.append("a call now would use " + str(_config.get_backend()))
+    except ParmapError as exc:
+        lines.append(f"a call now would fail: {exc}")
+    for backend in _registry.live_backends():
+        lines.append(f"live: {backend.name} {backend.describe()}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``parmap`` console script."""
+    parser = argparse.ArgumentParser(prog="parmap", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="installed backends and the one a call would pick now")
+    commands.add_parser("bench", help="benchmark the backends (see: parmap bench --help)",
+                        add_help=False)  # fmt: skip
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "info":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        print(info())
+        return 0
+    if importlib.util.find_spec("parmap.bench") is None:  # pragma: no cover
+        print("parmap bench is not available in this version", file=sys.stderr)
+        return 2
+    from parmap.bench import main as bench_main
+
+    return bench_main(rest)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

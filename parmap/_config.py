@@ -1,0 +1,150 @@
+"""Which backend a call uses, and with which settings.
+
+Each setting is taken from the first place that has it::
+
+    parmap(..., backend="loky")          explicit argument
+    with parmap.config(backend="loky"):  innermost config() context (contextvars: per thread/task)
+    PARMAP_BACKEND=loky                  environment, read at call time
+    default                              ray when installed, else loky
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from parmap import _registry
+
+__all__ = ["BackendChoice", "config", "current_options", "get_backend", "resolve"]
+
+CONFIG_KEYS = frozenset(
+    {"backend", "workers", "chunksize", "retries", "timeout", "progress", "address", "start_method"}
+)
+ENV_VARS = {
+    "backend": "PARMAP_BACKEND",
+    "workers": "PARMAP_WORKERS",
+    "start_method": "PARMAP_START_METHOD",
+}
+_context: ContextVar[Mapping[str, Any]] = ContextVar("parmap_config", default=MappingProxyType({}))
+
+
+@contextmanager
+def config(**options: Any) -> Iterator[None]:
+    """Set defaults for the parmap calls made inside the ``with`` block.
+
+    Contexts nest (inner values win) and are per thread and per asyncio task.
+    An explicit argument to :func:`parmap.parmap` still wins over them.
+
+    Args:
+        **options: any of ``backend``, ``workers``, ``chunksize``, ``retries``,
+            ``timeout``, ``progress``, ``address``, ``start_method``.
+
+    Raises:
+        TypeError: for an option parmap does not know.
+    """
+    unknown = set(options) - CONFIG_KEYS
+    if unknown:
+        raise TypeError(
+            f"parmap.config() got unknown option(s) {sorted(unknown)}; "
+            f"valid options are {sorted(CONFIG_KEYS)}"
+        )
+    if options.get("backend") is not None:
+        _registry.check_name(options["backend"], source="config")
+    merged = {**_context.get(), **{k: v for k, v in options.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current_options() -> Mapping[str, Any]:
+    """The options set by the enclosing ``config()`` contexts."""
+    return _context.get()
+
+
+def resolve(key: str, explicit: Any = None) -> tuple[Any, str]:
+    """Return ``(value, source)`` for one setting, following the precedence above."""
+    if explicit is not None:
+        return explicit, "argument"
+    context = _context.get()
+    if context.get(key) is not None:
+        return context[key], "config"
+    env = ENV_VARS.get(key)
+    if env and os.environ.get(env, "").strip():
+        raw = os.environ[env].strip()
+        return (_parse_workers(raw) if key == "workers" else raw), "environment"
+    return None, "default"
+
+
+def _parse_workers(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"$PARMAP_WORKERS={raw!r} is not a whole number; set it to a positive integer"
+        ) from None
+    if value < 1:
+        raise ValueError(f"$PARMAP_WORKERS={raw!r} must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend a call would use, and why.
+
+    Attributes:
+        name: the backend's registered name.
+        source: ``"argument"``, ``"config"``, ``"environment"`` or ``"default"``.
+        workers: the requested worker count, or None for the backend's default.
+        reason: one sentence for humans.
+    """
+
+    name: str
+    source: str
+    workers: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def get_backend(backend: str | None = None, workers: int | None = None) -> BackendChoice:
+    """Tell which backend a call with these arguments would use, and why.
+
+    Args:
+        backend: the ``backend=`` argument the call would pass, if any.
+        workers: the ``workers=`` argument the call would pass, if any.
+
+    Returns:
+        A :class:`BackendChoice`.
+
+    Raises:
+        UnknownBackendError: the chosen name is not a known backend.
+    """
+    name, source = resolve("backend", backend)
+    count, count_source = resolve("workers", workers)
+    if name is None:
+        name = _registry.default_backend()
+        why = (
+            "ray is installed"
+            if name == "ray"
+            else "ray is not installed (pip install 'parmap-backends[ray]')"
+        )
+        reason = f"backend {name!r}: the default, because {why}"
+    else:
+        where = {
+            "argument": "the backend= argument",
+            "config": "an enclosing parmap.config() block",
+            "environment": "$PARMAP_BACKEND",
+        }[source]
+        reason = f"backend {name!r}: chosen by {where}"
+    _registry.check_name(name, source=source)
+    if count is not None:
+        reason += f"; {count} workers (from {count_source})"
+    return BackendChoice(name, source, count, reason)

@@ -1,0 +1,113 @@
+"""parmap's exceptions.
+
+A user's own exception is never wrapped: it comes back with its own type, the
+worker's traceback chained as its ``__cause__`` and a note naming the failing
+item. The classes below are for failures of the machinery itself::
+
+    Exception
+     └── ParmapError
+          ├── UnknownBackendError        (also a ValueError)   bad backend name
+          ├── BackendNotInstalledError   (also an ImportError) missing extra
+          ├── SerializationError         (also a PicklingError) fn/item/result won't pickle
+          ├── WorkerCrashedError                                a worker process died
+          ├── WorkerInitializationError                         initializer= raised
+          └── TimeoutError               (also a TimeoutError)  timeout= exceeded
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from collections.abc import Sequence
+
+__all__ = [
+    "BackendNotInstalledError",
+    "ParmapError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TimeoutError",
+    "UnknownBackendError",
+    "WorkerCrashedError",
+    "WorkerInitializationError",
+    "describe_exit",
+]
+
+_BuiltinTimeoutError = TimeoutError
+
+
+class ParmapError(Exception):
+    """Base class of the errors parmap itself raises."""
+
+
+class UnknownBackendError(ParmapError, ValueError):
+    """The backend name is not one parmap knows."""
+
+
+class BackendNotInstalledError(ParmapError, ImportError):
+    """The backend exists but the package it needs is not installed."""
+
+
+class SerializationError(ParmapError, pickle.PicklingError):
+    """The function, an item or a result could not be sent between processes."""
+
+
+class WorkerInitializationError(ParmapError):
+    """The ``initializer=`` callable raised on a worker; its exception is the cause."""
+
+
+class WorkerCrashedError(ParmapError):
+    """A worker process died while it held work: exit, signal, segfault or OOM kill.
+
+    Attributes:
+        exitcode: the worker's exit code (negative: killed by that signal), or None.
+        items: the indices of the items that were in flight on the lost worker(s).
+    """
+
+    def __init__(
+        self, message: str, *, exitcode: int | None = None, items: Sequence[int] = ()
+    ) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.items = tuple(items)
+
+
+class TimeoutError(ParmapError, _BuiltinTimeoutError):
+    """The call ran longer than its ``timeout=``; its running work was stopped."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback; set as the ``__cause__`` of re-raised errors."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Say in words how a worker ended, with the likely cause.
+
+    Args:
+        exitcode: a process exit code; negative values are signal numbers.
+
+    Returns:
+        A phrase such as ``"was killed by SIGKILL (-9) ..."``.
+    """
+    if exitcode is None:
+        return "died (exit code unknown)"
+    if exitcode >= 0:
+        return f"exited with code {exitcode} (a call to os._exit() or sys.exit() outside fn?)"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    hint = {
+        "SIGKILL": "often the kernel's OOM killer: the machine may have run out of memory",
+        "SIGSEGV": "a segmentation fault, usually in a C extension",
+        "SIGBUS": "a bus error, usually in a C extension or a full /dev/shm",
+        "SIGABRT": "an abort, usually a failed assertion in a C extension",
+        "SIGTERM": "someone terminated it",
+    }.get(name, "")
+    return f"was killed by {name} ({exitcode})" + (f": {hint}" if hint else "")

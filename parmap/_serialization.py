@@ -1,0 +1,76 @@
+"""How functions, items and results cross process boundaries.
+
+Everything goes through cloudpickle, so lambdas, closures, locally defined and
+decorated functions (``functools.wraps``, DEAP's ``tools.DeltaPenalty``) work on
+every backend, including workers that were not forked from the caller.
+
+Runtime-made classes travel by value. cloudpickle ships classes it cannot find
+by name (DEAP's ``addEphemeralConstant`` classes) with a tracker id that maps
+them back to the original on return. Classes it *can* find by name in the caller
+but which a fresh worker lacks (DEAP's ``creator.create`` classes) fall through
+to their metaclass's copyreg reducer, ``deap.creator.meta_create`` in DEAP >= 1.4.
+Left alone, that reducer builds a new class on every unpickle and rebinds
+``deap.creator.<Name>``, so an individual coming back from a worker would replace
+the caller's ``creator.Individual`` with a look-alike. :func:`loads` intercepts
+it and reuses an equivalent class that already exists: class identity holds in
+the caller, and each worker builds each class once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+__all__ = ["digest", "dumps", "loads"]
+
+PROTOCOL = 5
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize ``obj`` with cloudpickle (protocol 5)."""
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+
+
+def digest(blob: bytes) -> str:
+    """A short content hash used as a cache key across calls and processes."""
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        hook = _CONSTRUCTOR_HOOKS.get((module, name))
+        if hook is not None:
+            return hook
+        return super().find_class(module, name)
+
+
+def loads(blob: bytes) -> Any:
+    """Deserialize what :func:`dumps` produced, reusing runtime-made classes."""
+    return _Unpickler(io.BytesIO(blob)).load()
+
+
+def _deap_meta_create(name: str, base: type, dct: dict[str, Any]) -> type:
+    creator = sys.modules["deap.creator"]
+    existing = getattr(creator, name, None)
+    if existing is not None and getattr(existing, "reduce_args", None) == (name, base, dct):
+        return existing
+    return creator.meta_create(name, base, dct)
+
+
+def _lazy(module: str, fn: Callable[..., type]) -> Callable[..., type]:
+    def hook(*args: Any) -> type:
+        __import__(module)
+        return fn(*args)
+
+    return hook
+
+
+_CONSTRUCTOR_HOOKS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("deap.creator", "meta_create"): _lazy("deap.creator", _deap_meta_create),
+}

@@ -1,0 +1,106 @@
+"""``parmap.share(obj)``: send a large read-only object to each worker once.
+
+A :class:`Shared` handle is captured by the function like any other value.
+When a call serializes its function, each handle inside it asks the call's
+backend to publish the value once (Ray: the object store; Dask: ``scatter``
+to every worker; process pools: one file each worker reads once) and pickles
+as a small locator. On a worker, ``handle.value`` loads the value on first
+use and caches it for every later batch and call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from parmap import _worker
+from parmap._serialization import dumps
+
+if TYPE_CHECKING:
+    from parmap.backends._base import Backend, Locator
+
+__all__ = ["Shared", "publishing", "share"]
+
+T = TypeVar("T")
+_publisher: ContextVar[Backend | None] = ContextVar("parmap_publisher", default=None)
+
+
+@contextlib.contextmanager
+def publishing(backend: Backend) -> Iterator[None]:
+    """While active, pickled handles publish their value through ``backend``."""
+    token = _publisher.set(backend)
+    try:
+        yield
+    finally:
+        _publisher.reset(token)
+
+
+class Shared(Generic[T]):
+    """A handle to a read-only value that workers receive once.
+
+    Read it with ``handle.value``, in the caller or on a worker.
+    """
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+        self._token = uuid.uuid4().hex
+        self._locators: weakref.WeakKeyDictionary[Backend, Locator] = weakref.WeakKeyDictionary()
+
+    @property
+    def value(self) -> T:
+        """The shared object."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<parmap.Shared {type(self._value).__name__} {self._token[:8]}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        backend = _publisher.get()
+        if backend is None:
+            from parmap.backends._base import InlineLocator
+
+            return (_RemoteShared, (self._token, InlineLocator(dumps(self._value))))
+        locator = self._locators.get(backend)
+        if locator is None:
+            locator = self._locators[backend] = backend.publish(self._token, dumps(self._value))
+        return (_RemoteShared, (self._token, locator))
+
+
+class _RemoteShared(Shared[T]):
+    """A handle as seen on a worker: loads the value on first access."""
+
+    def __init__(self, token: str, locator: Locator) -> None:
+        self._token = token
+        self._locator = locator
+
+    @property
+    def value(self) -> T:
+        try:
+            return _worker.shared_values[self._token]
+        except KeyError:
+            value = _worker.shared_values[self._token] = self._locator.load()
+            return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_RemoteShared, (self._token, self._locator))
+
+
+def share(value: T) -> Shared[T]:
+    """Wrap a large read-only object so each worker receives it once.
+
+    Capture the handle in your function and read ``handle.value`` there::
+
+        data = parmap.share(big_array)
+        parmap.parmap(lambda i: data.value[i].sum(), range(100))
+
+    Args:
+        value: any picklable object. Workers must treat it as read-only.
+
+    Returns:
+        A :class:`Shared` handle.
+    """
+    return Shared(value)

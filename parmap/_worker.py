@@ -1,0 +1,190 @@
+"""What runs on a worker: one batch of items through the user's function.
+
+Every backend ends up calling :func:`run_batch` (remote workers, bytes in and
+bytes out) or :func:`execute` (serial, objects in place). Both return an
+:class:`Outcome`; the caller's side turns an error record back into the user's
+exception (see ``_api``).
+
+Per worker process, three small caches make repeated calls cheap:
+
+- functions by content digest, so a DEAP run that maps the same evaluation
+  every generation unpickles it once per worker, not once per batch;
+- the digests of initializers that already ran here (``initializer=`` runs once
+  per worker process);
+- values of ``parmap.share()`` handles, loaded once per worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from parmap._serialization import dumps, loads
+
+__all__ = ["CallSpec", "ErrorRecord", "Outcome", "execute", "run_batch"]
+
+_FUNCTION_CACHE_SIZE = 16
+_functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+_initialized: set[str] = set()
+shared_values: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """What a worker needs to run batches of one call; serialized once per call.
+
+    ``fn`` and ``initializer`` are either live objects (serial backend) or
+    cloudpickle blobs (every other backend); ``*_token`` are content digests.
+    """
+
+    fn_token: str
+    fn: Any
+    star: bool
+    init_token: str | None = None
+    initializer: Any = None
+
+
+@dataclass
+class ErrorRecord:
+    """An exception raised on a worker, made safe to send back.
+
+    ``stage`` is where it happened: ``"item"`` (fn raised), ``"init"``
+    (initializer raised), ``"load"`` (the function or items could not be
+    unpickled on the worker) or ``"result"`` (a result could not be pickled).
+    ``position`` is the index within the batch, when one item is to blame.
+    """
+
+    stage: str
+    position: int | None
+    exc: BaseException | None
+    type_name: str
+    message: str
+    tb: str
+
+    @classmethod
+    def capture(cls, stage: str, position: int | None, exc: BaseException) -> ErrorRecord:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        return cls(stage, position, exc, name, str(exc), tb)
+
+
+@dataclass
+class Outcome:
+    """What a batch produced: its results, or the error that stopped it."""
+
+    results: list[Any] | None
+    seconds: float
+    pid: int = field(default_factory=os.getpid)
+    error: ErrorRecord | None = None
+
+
+def execute(spec: CallSpec, fn: Callable[..., Any], items: Sequence[Any]) -> Outcome:
+    """Run ``fn`` over ``items`` in this process, stopping at the first error."""
+    started = time.perf_counter()
+    if spec.init_token is not None and spec.init_token not in _initialized:
+        init_fn, init_args = spec.initializer
+        try:
+            init_fn(*init_args)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            record = ErrorRecord.capture("init", None, exc)
+            return Outcome(None, time.perf_counter() - started, error=record)
+        _initialized.add(spec.init_token)
+    results: list[Any] = []
+    try:  # list.extend keeps what was appended before an exception: len() is the position
+        results.extend(itertools.starmap(fn, items) if spec.star else map(fn, items))
+    except BaseException as exc:  # SystemExit too: fn's exit is reported, the worker lives
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        record = ErrorRecord.capture("item", len(results), exc)
+        return Outcome(None, time.perf_counter() - started, error=record)
+    return Outcome(results, time.perf_counter() - started)
+
+
+def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
+    """Worker entry point of every process backend: bytes in, bytes out."""
+    try:
+        if spec.init_token is not None and spec.init_token not in _initialized:
+            spec = _with_initializer(spec)
+        fn = _function(spec)
+        items = loads(items_blob)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return _dump(Outcome(None, 0.0, error=ErrorRecord.capture("load", None, exc)))
+    return _dump(execute(spec, fn, items))
+
+
+def _with_initializer(spec: CallSpec) -> CallSpec:
+    return CallSpec(spec.fn_token, spec.fn, spec.star, spec.init_token, loads(spec.initializer))
+
+
+def _function(spec: CallSpec) -> Callable[..., Any]:
+    fn = _functions.get(spec.fn_token)
+    if fn is None:
+        fn = loads(spec.fn)
+        _functions[spec.fn_token] = fn
+        if len(_functions) > _FUNCTION_CACHE_SIZE:
+            _functions.popitem(last=False)
+    else:
+        _functions.move_to_end(spec.fn_token)
+    return fn
+
+
+def _dump(outcome: Outcome) -> bytes:
+    try:
+        return dumps(outcome)
+    except Exception as exc:
+        return dumps(_unpicklable(outcome, exc))
+
+
+def _unpicklable(outcome: Outcome, exc: Exception) -> Outcome:
+    """Replace what would not pickle by an error record that will."""
+    if outcome.error is not None:  # the user's exception itself won't pickle
+        error = outcome.error
+        error.exc = None
+        error.tb += f"\n(the exception could not be pickled to send it back: {exc!r})"
+        return outcome
+    for position, result in enumerate(outcome.results or ()):
+        try:
+            dumps(result)
+        except Exception as bad:
+            record = ErrorRecord.capture("result", position, bad)
+            record.exc = None
+            return Outcome(None, outcome.seconds, error=record)
+    record = ErrorRecord.capture("result", None, exc)
+    record.exc = None
+    return Outcome(None, outcome.seconds, error=record)
+
+
+def prepare_pool_worker(parent_pid: int) -> None:
+    """Initializer of pooled worker processes (multiprocessing, loky).
+
+    The caller handles Ctrl-C and stops the workers itself, so workers ignore
+    SIGINT; and a worker whose caller died (even by SIGKILL, which runs no
+    cleanup) exits within a second instead of lingering as an orphan.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # The caller may be our parent (fork, spawn, loky) or our grandparent (the
+    # forkserver's children), so watch its pid rather than our own ppid.
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # pid reused by another user's process: ours is gone
+            os._exit(1)

@@ -1,0 +1,36 @@
+"""The loky backend: loky's robust ``ProcessPoolExecutor``.
+
+Workers are fresh interpreters (not forks of the caller); the function and the
+classes it needs travel with the work (see ``parmap._serialization``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+
+import loky
+
+from parmap._worker import prepare_pool_worker
+from parmap.backends._process import ProcessPoolBackend
+
+__all__ = ["LokyBackend"]
+
+
+class LokyBackend(ProcessPoolBackend):
+    """Process pool from loky."""
+
+    name = "loky"
+
+    def _new_executor(self) -> cf.Executor:
+        return loky.ProcessPoolExecutor(
+            max_workers=self.workers,
+            initializer=prepare_pool_worker,
+            initargs=(os.getpid(),),
+        )
+
+    def _kill(self, pool: cf.Executor) -> None:
+        pool.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
+
+    def _shutdown(self, pool: cf.Executor) -> None:
+        pool.shutdown(wait=True)

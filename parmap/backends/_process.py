@@ -1,0 +1,156 @@
+"""What the two local process-pool backends (multiprocessing, loky) share.
+
+The pool starts on the first batch and lives until ``parmap.shutdown()``.
+A worker that dies breaks the pool; the error names its exit code or signal,
+and the next batch starts a fresh pool. Stopping running work (timeout,
+Ctrl-C) kills the pool's processes: a Python function cannot be interrupted.
+Workers ignore SIGINT and exit by themselves if the caller dies.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures as cf
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Collection
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, ClassVar
+
+from parmap._errors import WorkerCrashedError, describe_exit
+from parmap._serialization import loads
+from parmap._worker import CallSpec, run_batch
+from parmap.backends._base import Backend, Locator
+
+__all__ = ["FileLocator", "ProcessPoolBackend"]
+
+
+class FileLocator(Locator):
+    """A shared value pickled once to a file that each worker reads once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self) -> Any:
+        with open(self.path, "rb") as file:
+            return loads(file.read())
+
+
+class ProcessPoolBackend(Backend):
+    """A backend over a ``concurrent.futures``-style process pool."""
+
+    batch_overhead: ClassVar[float] = 2e-4
+
+    def __init__(self, workers: int | None = None, **options: Any) -> None:
+        super().__init__(workers, **options)
+        self._executor: cf.Executor | None = None
+        self._lock = threading.Lock()
+        self._shared_dir: str | None = None
+
+    @abc.abstractmethod
+    def _new_executor(self) -> cf.Executor:
+        """Create the pool; its initializer must be ``prepare_pool_worker(os.getpid())``."""
+
+    def _pool(self) -> cf.Executor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = self._new_executor()
+            return self._executor
+
+    def submit(self, prepared: CallSpec, items: bytes) -> cf.Future[Any]:
+        pool = self._pool()
+        try:
+            future = pool.submit(run_batch, prepared, items)
+        except (BrokenProcessPool, RuntimeError):  # broken or shut down: start afresh
+            self._discard(pool)
+            pool = self._pool()
+            future = pool.submit(run_batch, prepared, items)
+        # Remember each pool's processes: their exit codes explain a crash later.
+        pool.__dict__.setdefault("_parmap_processes", {}).update(getattr(pool, "_processes", {}))
+        future._parmap_pool = pool  # type: ignore[attr-defined]
+        return future
+
+    def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
+        if not isinstance(exc, BrokenProcessPool):
+            return exc
+        pool = getattr(future, "_parmap_pool", None)
+        exitcode = _crash_exitcode(pool)
+        if pool is not None:
+            self._discard(pool)
+        message = f"a {self.name} worker process {describe_exit(exitcode)}"
+        return WorkerCrashedError(message, exitcode=exitcode)
+
+    def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
+        running = [f for f in futures if not f.cancel() and not f.done()]
+        if not stop_running:
+            return
+        pools = {id(p): p for p in (getattr(f, "_parmap_pool", None) for f in running) if p}
+        for pool in pools.values():
+            with self._lock:
+                if self._executor is pool:
+                    self._executor = None
+            self._kill(pool)
+
+    def _kill(self, pool: cf.Executor) -> None:
+        """Stop a pool now, killing its processes."""
+        processes = list(_processes(pool))
+        for process in processes:
+            if process.exitcode is None:
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=5.0)
+
+    def _shutdown(self, pool: cf.Executor) -> None:
+        """Stop a pool after the work it holds is done."""
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def _discard(self, pool: cf.Executor) -> None:
+        with self._lock:
+            if self._executor is pool:
+                self._executor = None
+        pool.shutdown(wait=False)
+
+    def publish(self, token: str, blob: bytes) -> Locator:
+        with self._lock:
+            if self._shared_dir is None:
+                shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+                self._shared_dir = tempfile.mkdtemp(prefix="parmap-shared-", dir=shm)
+        path = os.path.join(self._shared_dir, f"{token}.pkl")
+        with open(path, "wb") as file:
+            file.write(blob)
+        return FileLocator(path)
+
+    def describe(self) -> dict[str, Any]:
+        return {"workers": self.workers, "started": self._executor is not None}
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._executor = self._executor, None
+            shared, self._shared_dir = self._shared_dir, None
+        if pool is not None:
+            self._shutdown(pool)
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def _processes(pool: cf.Executor | None) -> list[Any]:
+    return list(getattr(pool, "_parmap_processes", {}).values())
+
+
+def _crash_exitcode(pool: cf.Executor | None) -> int | None:
+    """The exit code of the worker that broke ``pool``.
+
+    When one worker dies the pool terminates the others (SIGTERM), so the
+    culprit is the one that ended some other way.
+    """
+    codes = []
+    for process in _processes(pool):
+        process.join(timeout=1.0)
+        if process.exitcode is not None:
+            codes.append(process.exitcode)
+    culprits = [code for code in codes if code != -signal.SIGTERM]
+    return (culprits or codes or [None])[0]

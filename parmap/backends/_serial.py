@@ -1,0 +1,32 @@
+"""The serial backend: runs every item in the caller, in order. The oracle."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from parmap._worker import CallSpec, execute
+from parmap.backends._base import Backend
+
+__all__ = ["SerialBackend"]
+
+
+class SerialBackend(Backend):
+    """Runs batches synchronously in the calling thread, on live objects."""
+
+    name = "serial"
+    batch_overhead: ClassVar[float] = 5e-6
+    serializes = False
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def submit(self, prepared: CallSpec, items: Sequence[Any]) -> cf.Future[Any]:
+        future: cf.Future[Any] = cf.Future()
+        future.set_result(execute(prepared, prepared.fn, items))
+        return future
+
+    def shutdown(self) -> None:
+        pass
