@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from parmap import _config, _registry
+from parmap import _config, _registry, _worker
 from parmap._batching import Batcher
 from parmap._errors import (
     RemoteTraceback,
@@ -244,6 +244,9 @@ class _Call:
             raise TypeError(f"parmap's first argument must be callable, got {_repr.repr(fn)}")
         get = partial(_setting, args)
         choice = _config.get_backend(args.get("backend"), args.get("workers"))
+        if _worker.in_worker and choice.source != "argument":
+            # A nested call on a worker runs in place: no pool inside a pool, no deadlock.
+            choice = _config.BackendChoice("serial", "nested", None, "nested call on a worker")
         workers = _positive("workers", choice.workers)
         chunksize = _positive("chunksize", get("chunksize"))
         retries = get("retries") or 0
@@ -477,14 +480,25 @@ def _spec(
     init = (initializer, tuple(initargs)) if initializer is not None else None
     name_key = "name:" + _qualname(fn)
     if not backend.serializes:
-        init_token = digest(_dumps_or_raise(init, "initializer")) if init else None
-        return CallSpec("local", fn, star, init_token, init), (None, name_key)
+        return CallSpec("local", fn, star, _local_token(init), init), (None, name_key)
     with publishing(backend):
         fn_blob = _dumps_or_raise(fn, "function")
         init_blob = _dumps_or_raise(init, "initializer") if init else None
     token = digest(fn_blob)
     spec = CallSpec(token, fn_blob, star, digest(init_blob) if init_blob else None, init_blob)
     return spec, (token, name_key)
+
+
+_local_initializers: dict[str, Any] = {}
+
+
+def _local_token(init: tuple[Callable[..., Any], tuple[Any, ...]] | None) -> str | None:
+    """Identify an in-process initializer by identity and arguments (it is never pickled)."""
+    if init is None:
+        return None
+    token = f"local:{id(init[0])}:{digest(_dumps_or_raise(init[1], 'initargs'))}"
+    _local_initializers[token] = init[0]  # keeps the id from being reused
+    return token
 
 
 def _dumps_or_raise(obj: Any, what: str) -> bytes:

@@ -35,6 +35,7 @@ _FUNCTION_CACHE_SIZE = 16
 _functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
 _initialized: set[str] = set()
 shared_values: dict[str, Any] = {}
+in_worker = False  # True in a process that has run a batch for a remote caller
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ def execute(spec: CallSpec, fn: Callable[..., Any], items: Sequence[Any]) -> Out
 
 def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
     """Worker entry point of every process backend: bytes in, bytes out."""
+    global in_worker
+    in_worker = True
     try:
         if spec.init_token is not None and spec.init_token not in _initialized:
             spec = _with_initializer(spec)

@@ -1,0 +1,70 @@
+"""Fixtures shared by every test: the backend list, deadlines and the process census."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import cloudpickle
+import funcs
+import psutil
+import pytest
+
+import parmap
+from parmap._registry import is_installed
+
+cloudpickle.register_pickle_by_value(funcs)
+
+BACKENDS = [
+    name for name in ("serial", "multiprocessing", "loky", "ray", "dask") if is_installed(name)
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Every installed backend; the contract suite runs once per backend."""
+    return request.param
+
+
+def children() -> set[int]:
+    """Pids of this process's live descendants."""
+    alive = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def wait_for_no_children(before: set[int], deadline: float = 20.0) -> set[int]:
+    """Wait until no descendant that was not in ``before`` is alive; return leftovers."""
+    end = time.monotonic() + deadline
+    while True:
+        left = children() - before
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def census():
+    """Assert that a test leaves no new child process behind after parmap.shutdown()."""
+    before = children()
+    yield
+    parmap.shutdown()
+    left = wait_for_no_children(before)
+    assert not left, f"processes left behind: {[psutil.Process(p).cmdline() for p in left]}"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in ("PARMAP_BACKEND", "PARMAP_WORKERS", "PARMAP_START_METHOD"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    parmap.shutdown()
+    os.environ.pop("PARMAP_BACKEND", None)

@@ -1,0 +1,82 @@
+"""Functions the tests map. Registered pickle-by-value in conftest, so workers
+that cannot import the tests folder (a Ray or Dask cluster) still get them."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+
+def square(x):
+    return x * x
+
+
+def add(x, y):
+    return x + y
+
+
+def pid(_):
+    return os.getpid()
+
+
+def fail_at(bad, exc_type=ValueError):
+    def fn(x):
+        if x == bad:
+            raise exc_type(f"bad item {x}")
+        return x
+
+    return fn
+
+
+def sleep_then(seconds):
+    def fn(x):
+        time.sleep(seconds)
+        return x
+
+    return fn
+
+
+def exit_at(bad, code=3):
+    def fn(x):
+        if x == bad:
+            os._exit(code)
+        return x
+
+    return fn
+
+
+def logged(fn):
+    @functools.wraps(fn)
+    def wrapper(*args):
+        return ("logged", fn(*args))
+
+    return wrapper
+
+
+@logged
+def decorated_square(x):
+    return x * x
+
+
+class Offset:
+    def __init__(self, k):
+        self.k = k
+
+    def add(self, x):
+        return x + self.k
+
+
+_initialized_with = []
+
+
+def record_init(*args):
+    _initialized_with.append(args)
+
+
+def init_count(_):
+    return (os.getpid(), len(_initialized_with))
+
+
+def init_fails():
+    raise RuntimeError("initializer refuses")

@@ -1,0 +1,65 @@
+"""The batching policy on known numbers."""
+
+from __future__ import annotations
+
+import math
+
+from parmap._batching import PROBE_SIZE, Batcher, CostMemory, costs
+
+
+def plan(total, cost, workers=2, overhead=2e-4):
+    costs.clear()
+    batcher = Batcher(workers, overhead, total, ("k",))
+    batcher.observe(10, 10 * cost)
+    sizes = []
+    while batcher.dispatched < total:
+        size = min(batcher.next_size(), total - batcher.dispatched)
+        sizes.append(size)
+        batcher.took(size)
+    return sizes
+
+
+def test_probe_while_cost_unknown():
+    costs.clear()
+    batcher = Batcher(2, 1e-3, 1000, ("unknown-fn",))
+    assert batcher.probing and batcher.next_size() == PROBE_SIZE
+
+
+def test_cheap_items_use_every_worker_and_few_batches():
+    sizes = plan(300, 1e-6)
+    assert sizes == [150, 150]
+
+
+def test_batches_hide_the_overhead():
+    sizes = plan(100_000, 1e-6, overhead=2e-4)  # min batch: 20 x 200 us / 1 us = 4000 items
+    assert min(sizes[:-1]) >= 4000
+    assert len(sizes) < 20
+
+
+def test_guided_tail_gets_finer_and_balances():
+    sizes = plan(200, 10e-3)  # 10 ms items, 2 workers
+    assert sizes[0] == 50 and sizes[-1] <= 2
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_batches_never_exceed_a_second():
+    sizes = plan(10_000, 0.01)
+    assert max(sizes) * 0.01 <= 1.0
+
+
+def test_costs_are_remembered_across_calls():
+    costs.clear()
+    first = Batcher(2, 1e-3, 100, ("digest-a", "name:f"))
+    first.observe(4, 4e-3)
+    second = Batcher(2, 1e-3, 100, ("digest-b", "name:f"))
+    assert not second.probing and math.isclose(second.cost, 1e-3)
+
+
+def test_cost_memory_smooths_and_forgets():
+    memory = CostMemory(capacity=2)
+    memory.observe(("a",), 10, 1.0)
+    memory.observe(("a",), 10, 2.0)
+    assert 0.1 < memory.get("a") < 0.2
+    memory.observe(("b",), 1, 1.0)
+    memory.observe(("c",), 1, 1.0)
+    assert memory.get("a") is None
