@@ -1,0 +1,165 @@
+"""Small helpers shared by the scripts in ``benchmarks/``.
+
+Each script measures its figures side by side in one run and prints them with
+``report`` (a ratio against a target, PASS/FAIL) so a reader sees at a glance
+what was met. Timing is wall-clock (``time.perf_counter``); the median of a few
+repeats is the figure, so one noisy run does not decide a verdict.
+
+    from _common import Checks, header, median_time, time_call
+
+    checks = Checks()
+    serial = median_time(lambda: list(map(fn, items)), repeats=5)
+    ours = median_time(lambda: parmap.parmap(fn, items, backend="loky"), repeats=5)
+    checks.at_most("loky / serial, 10 ms x 200", ours / serial, 0.53)
+    sys.exit(checks.summary())
+
+Run the scripts from the repository root (``python benchmarks/bench_core.py``);
+they add their own folder to ``sys.path``, so ``import _common`` works.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Check",
+    "Checks",
+    "cpu_count",
+    "fmt_seconds",
+    "header",
+    "median",
+    "median_time",
+    "ratio_line",
+    "spin",
+    "time_call",
+    "timings",
+]
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (the affinity mask, not the machine total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def header(title: str) -> None:
+    """Print a title line with the machine facts a figure depends on."""
+    print(f"== {title}")
+    print(
+        f"   Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+        f"{cpu_count()} CPUs usable, load average {_load()}"
+    )
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+    """Seconds one call of ``fn()`` takes (wall clock)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def timings(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    return [time_call(fn) for _ in range(repeats)]
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values`` (which must not be empty)."""
+    return statistics.median(values)
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds of ``repeats`` calls of ``fn()`` after ``warmup`` untimed ones."""
+    return median(timings(fn, repeats, warmup))
+
+
+def spin(iterations: int) -> int:
+    """A pure-Python CPU loop (holds the GIL): ``iterations`` additions."""
+    total = 0
+    for i in range(iterations):
+        total += i
+    return total
+
+
+def fmt_seconds(seconds: float) -> str:
+    """``seconds`` with a unit a person reads easily: ns, µs, ms or s."""
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+@dataclass
+class Check:
+    """One measured figure against its target."""
+
+    name: str
+    value: float
+    target: float
+    passed: bool
+    relation: str
+
+    def line(self) -> str:
+        """The PASS/FAIL line printed for this check."""
+        verdict = "PASS" if self.passed else "FAIL"
+        target = f"{self.relation} {self.target:g}"
+        return f"  [{verdict}] {self.name}: {self.value:.3g} (target {target})"
+
+
+@dataclass
+class Checks:
+    """The verdicts of one script; :meth:`summary` returns its exit status."""
+
+    results: list[Check] = field(default_factory=list)
+
+    def at_most(self, name: str, value: float, target: float) -> bool:
+        """Record and print ``value <= target`` (e.g. a time ratio that must stay low)."""
+        return self._add(Check(name, value, target, value <= target, "<="))
+
+    def at_least(self, name: str, value: float, target: float) -> bool:
+        """Record and print ``value >= target`` (e.g. a speed-up that must be reached)."""
+        return self._add(Check(name, value, target, value >= target, ">="))
+
+    def _add(self, check: Check) -> bool:
+        self.results.append(check)
+        print(check.line(), flush=True)
+        return check.passed
+
+    def summary(self) -> int:
+        """Print the tally; return 0 when every check passed, else 1."""
+        failed = [c for c in self.results if not c.passed]
+        print(f"\n{len(self.results) - len(failed)}/{len(self.results)} checks passed")
+        for check in failed:
+            print("  failed:", check.line().strip())
+        return 1 if failed else 0
+
+
+def ratio_line(name: str, numerator: float, denominator: float) -> str:
+    """``name: a / b = r`` with both times shown, for figures reported without a target."""
+    ratio = numerator / denominator if denominator > 0 else float("inf")
+    return f"  {name}: {fmt_seconds(numerator)} / {fmt_seconds(denominator)} = {ratio:.3f}x"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("this module holds helpers; run one of the bench_*.py scripts")
