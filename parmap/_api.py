@@ -43,7 +43,7 @@ from parmap._errors import (
     WorkerCrashedError,
     WorkerInitializationError,
 )
-from parmap._serialization import digest, dumps, loads
+from parmap._serialization import digest, dumps, dumps_function, loads
 from parmap._share import publishing
 from parmap._worker import CallSpec, ErrorRecord, Outcome
 from parmap.backends._base import Backend
@@ -482,8 +482,8 @@ def _spec(
     if not backend.serializes:
         return CallSpec("local", fn, star, _local_token(init), init), (None, name_key)
     with publishing(backend):
-        fn_blob = _dumps_or_raise(fn, "function")
-        init_blob = _dumps_or_raise(init, "initializer") if init else None
+        fn_blob = _dumps_or_raise(fn, "function", dumps_function)
+        init_blob = _dumps_or_raise(init, "initializer", dumps_function) if init else None
     token = digest(fn_blob)
     spec = CallSpec(token, fn_blob, star, digest(init_blob) if init_blob else None, init_blob)
     return spec, (token, name_key)
@@ -501,9 +501,9 @@ def _local_token(init: tuple[Callable[..., Any], tuple[Any, ...]] | None) -> str
     return token
 
 
-def _dumps_or_raise(obj: Any, what: str) -> bytes:
+def _dumps_or_raise(obj: Any, what: str, dump: Callable[[Any], bytes] = dumps) -> bytes:
     try:
-        return dumps(obj)
+        return dump(obj)
     except Exception as exc:
         raise SerializationError(
             f"the {what} {_repr.repr(obj)} could not be pickled to send it to the workers "

@@ -14,6 +14,13 @@ Left alone, that reducer builds a new class on every unpickle and rebinds
 the caller's ``creator.Individual`` with a look-alike. :func:`loads` intercepts
 it and reuses an equivalent class that already exists: class identity holds in
 the caller, and each worker builds each class once.
+
+Code on a worker may also read such a class as a module attribute before any
+instance has arrived (``tools.initRepeat(creator.Individual, ...)`` inside the
+mapped function). So :func:`dumps_function` ships every ``creator`` class of
+the caller ahead of the function, and :func:`loads_function` installs them
+first. Classes are only found in modules the caller already imported: parmap
+never imports DEAP itself.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["digest", "dumps", "loads"]
+__all__ = ["digest", "dumps", "dumps_function", "loads", "loads_function"]
 
 PROTOCOL = 5
 
@@ -40,6 +47,26 @@ def dumps(obj: Any) -> bytes:
 def digest(blob: bytes) -> str:
     """A short content hash used as a cache key across calls and processes."""
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def dumps_function(fn: Any) -> bytes:
+    """Serialize a function together with the runtime-made classes it may need."""
+    return dumps((runtime_classes(), fn))
+
+
+def loads_function(blob: bytes) -> Any:
+    """Install the runtime-made classes shipped by :func:`dumps_function`; return the function."""
+    _classes, fn = loads(blob)
+    return fn
+
+
+def runtime_classes() -> list[type]:
+    """Classes made at run time that a fresh worker would lack (DEAP's ``creator`` classes)."""
+    creator = sys.modules.get("deap.creator")
+    meta = getattr(creator, "MetaCreator", None)
+    if meta is None:
+        return []
+    return [value for value in vars(creator).values() if isinstance(value, meta)]
 
 
 class _Unpickler(pickle.Unpickler):

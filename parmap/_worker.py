@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from parmap._serialization import dumps, loads
+from parmap._serialization import dumps, loads, loads_function
 
 __all__ = ["CallSpec", "ErrorRecord", "Outcome", "execute", "run_batch"]
 
@@ -128,13 +128,14 @@ def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
 
 
 def _with_initializer(spec: CallSpec) -> CallSpec:
-    return CallSpec(spec.fn_token, spec.fn, spec.star, spec.init_token, loads(spec.initializer))
+    initializer = loads_function(spec.initializer)
+    return CallSpec(spec.fn_token, spec.fn, spec.star, spec.init_token, initializer)
 
 
 def _function(spec: CallSpec) -> Callable[..., Any]:
     fn = _functions.get(spec.fn_token)
     if fn is None:
-        fn = loads(spec.fn)
+        fn = loads_function(spec.fn)
         _functions[spec.fn_token] = fn
         if len(_functions) > _FUNCTION_CACHE_SIZE:
             _functions.popitem(last=False)
