@@ -21,7 +21,7 @@ import numpy
 from deap import algorithms, base, creator, tools
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import arguments, burn, compare, loops_per_ms, write_json
+from _ga import arguments, burn, compare, loops_per_ms, write_json
 
 import parmap
 

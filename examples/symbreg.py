@@ -22,7 +22,7 @@ import numpy
 from deap import algorithms, base, creator, gp, tools
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import arguments, compare, write_json
+from _ga import arguments, compare, write_json
 
 import parmap
 
