@@ -25,6 +25,7 @@ never imports DEAP itself.
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import io
 import pickle
@@ -41,7 +42,28 @@ PROTOCOL = 5
 
 def dumps(obj: Any) -> bytes:
     """Serialize ``obj`` with cloudpickle (protocol 5)."""
-    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=PROTOCOL).dump(obj)
+        return file.getvalue()
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, with exceptions pickled by their own ``__reduce__``.
+
+    python-tblib#87: the copyreg reducers that tblib installs for every exception
+    class (``distributed`` does so on import, so on every Dask worker) drop the
+    attributes set by a builtin ``__init__``, such as ``SystemExit.code``.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException) and _tblib_reduces(type(obj)):
+            return obj.__reduce_ex__(PROTOCOL)
+        return super().reducer_override(obj)
+
+
+def _tblib_reduces(cls: type) -> bool:
+    reducer = copyreg.dispatch_table.get(cls)
+    return getattr(reducer, "__module__", None) == "tblib.pickling_support"
 
 
 def digest(blob: bytes) -> str:
