@@ -1,0 +1,304 @@
+"""What ``futures`` and ``shared`` run on: settings, the shipped task, the submit façade.
+
+Every SCOOP call becomes a parmap call, so the core keeps all the policy
+(backend choice, batching, serialization, error types, crashes, timeouts,
+nested calls in place on a worker)::
+
+    futures.map(fn, xs)            parmap.imap(MapTask(fn, constants), xs)   batched by the core
+    futures.submit(fn, *a, **k)    Future ◄── a thread of Submitter runs
+                                   parmap.parmap(CallTask(fn, constants), [(a, k)])
+                                   (at once, in the caller's thread, on a worker
+                                   or when the backend is serial: nothing to wait for)
+
+A task carries the ``shared.setConst`` constants as ``parmap.share()`` handles:
+each backend receives a constant once, and a worker installs the handles
+before running ``fn`` so ``shared.getConst`` finds them there.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import contextvars
+import functools
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import parmap
+from parmap import _registry, _worker
+from parmap._share import Shared
+from parmap.backends._base import default_workers
+
+__all__ = [
+    "CallTask",
+    "Future",
+    "MapTask",
+    "Settings",
+    "Submitter",
+    "call_config",
+    "configure",
+    "constants",
+    "define",
+    "is_origin",
+    "lookup",
+    "receive",
+    "settings",
+    "size",
+    "submitter",
+    "worker_name",
+]
+
+
+@dataclass
+class Settings:
+    """What the launcher (or :func:`parmap.scoop.configure`) chose; None: parmap's default."""
+
+    backend: str | None = None
+    workers: int | None = None
+    address: str | None = None
+    main_module: str | None = None
+
+
+settings = Settings()
+
+
+def configure(
+    backend: str | None = None, workers: int | None = None, address: str | None = None
+) -> None:
+    """Set the backend, worker count and cluster address of later SCOOP calls.
+
+    Args:
+        backend: a parmap backend name; None: ``parmap.config()``, then
+            ``$PARMAP_BACKEND``, then parmap's default.
+        workers: the worker count (SCOOP's ``-n``); None: the backend's default.
+        address: a Ray cluster or Dask scheduler address.
+
+    Raises:
+        UnknownBackendError: ``backend`` is not a parmap backend.
+        ValueError: ``workers`` is not a positive integer.
+    """
+    if backend is not None:
+        _registry.check_name(backend, source="argument")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    settings.backend, settings.workers, settings.address = backend, workers, address
+
+
+@contextlib.contextmanager
+def call_config() -> Iterator[None]:
+    """Apply the settings as a ``parmap.config()`` block.
+
+    A config block, not ``backend=`` arguments: the core then still runs a
+    nested call in place when it happens on a worker.
+    """
+    chosen = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    chosen.pop("main_module")
+    with parmap.config(**{k: v for k, v in chosen.items() if v is not None}):
+        yield
+
+
+def is_origin() -> bool:
+    """True in the program's own process, False on a worker."""
+    return not _worker.in_worker
+
+
+def worker_name() -> bytes:
+    """This process's name in SCOOP's ``b"host:port"`` style (here ``host:pid``)."""
+    return f"{socket.gethostname()}:{os.getpid()}".encode()
+
+
+def size() -> int:
+    """How many workers calls use (SCOOP's ``scoop.SIZE``)."""
+    if _worker.in_worker:
+        return settings.workers or 1
+    with call_config():
+        choice = parmap.get_backend()
+    if choice.name == "serial":
+        return 1
+    if choice.workers:
+        return choice.workers
+    for backend in _registry.live_backends():
+        if backend.name == choice.name:
+            return backend.workers
+    return default_workers()
+
+
+# -- shared constants ---------------------------------------------------------
+
+_constants: dict[str, Shared[Any]] = {}
+_constants_changed = threading.Condition()
+
+
+def constants() -> dict[str, Shared[Any]]:
+    """A snapshot of the constants defined so far, to ship with a task."""
+    with _constants_changed:
+        return dict(_constants)
+
+
+def receive(handles: dict[str, Shared[Any]]) -> None:
+    """Make constants known in this process (a worker receiving a task)."""
+    if handles.keys() - _constants.keys():
+        with _constants_changed:
+            for name, handle in handles.items():
+                _constants.setdefault(name, handle)
+            _constants_changed.notify_all()
+
+
+def define(values: dict[str, Any]) -> None:
+    """``shared.setConst``: define constants once, in the program."""
+    if not is_origin():
+        raise RuntimeError(
+            f"shared.setConst({', '.join(values)}) was called on a worker; with parmap, "
+            "constants travel from the main program to the workers with each call. "
+            "Call setConst in the main program before submitting the work that reads them"
+        )
+    with _constants_changed:
+        for key in values:
+            if key in _constants:
+                raise TypeError(f"This constant already exists: {key}.")
+        for key, value in values.items():
+            _constants[key] = Shared(value)
+        _constants_changed.notify_all()
+
+
+def lookup(name: str, timeout: float) -> Any:
+    """``shared.getConst``: the value, waiting up to ``timeout`` in the program only."""
+    deadline = time.monotonic() + (timeout if timeout and timeout > 0 else 0.0)
+    with _constants_changed:
+        while name not in _constants:
+            left = deadline - time.monotonic()
+            if not is_origin() or left <= 0:
+                return None
+            _constants_changed.wait(None if math.isinf(left) else left)
+        handle = _constants[name]
+    return handle.value
+
+
+# -- tasks: what travels to the workers -----------------------------------------
+
+
+class _Task:
+    """The user's function plus the constants it may read, named like the function."""
+
+    def __init__(self, fn: Callable[..., Any], handles: dict[str, Shared[Any]]) -> None:
+        if not callable(fn):
+            raise TypeError(f"SCOOP futures need a callable, got {fn!r}")
+        self.fn = fn
+        self.constants = handles
+        # parmap's error notes and cost memory name a call by these.
+        self.__module__ = getattr(fn, "__module__", None) or type(fn).__module__
+        self.__qualname__ = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+class MapTask(_Task):
+    """``fn(*args)`` for one item of ``futures.map``."""
+
+    def __call__(self, *args: Any) -> Any:
+        if self.constants:
+            receive(self.constants)
+        return self.fn(*args)
+
+
+class CallTask(_Task):
+    """``fn(*args, **kwargs)`` for one ``futures.submit``; the item is ``(args, kwargs)``."""
+
+    def __call__(self, call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        if self.constants:
+            receive(self.constants)
+        args, kwargs = call
+        return self.fn(*args, **kwargs)
+
+
+# -- submit: one parmap call per future ----------------------------------------
+
+
+class Future(cf.Future[Any]):
+    """A SCOOP future: a ``concurrent.futures.Future`` (``result``, ``exception``,
+    ``done``, ``cancel``, ``cancelled``, ``running``, ``add_done_callback``)."""
+
+    def add_done_callback(
+        self,
+        fn: Callable[[cf.Future[Any]], object],
+        inCallbackType: Any = None,  # SCOOP's argument names
+        inCallbackGroup: Any = None,
+    ) -> None:
+        """Call ``fn(future)`` when the future is done (at once if it is).
+
+        Args:
+            fn: the callback; its exceptions are logged and ignored.
+            inCallbackType: accepted for SCOOP compatibility; ignored.
+            inCallbackGroup: accepted for SCOOP compatibility; ignored.
+        """
+        super().add_done_callback(fn)
+
+
+def _call_one(task: CallTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    with call_config():
+        return parmap.parmap(task, [(args, kwargs)], chunksize=1)[0]
+
+
+def _run(future: Future, job: Callable[[], Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = job()
+    except BaseException as exc:  # the future carries it, like concurrent.futures does
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+class Submitter:
+    """Runs submitted calls, each as a one-item parmap call on a thread.
+
+    The threads only wait: the work runs on the backend's workers. At most
+    ``max(4, 2 * size())`` calls are in flight; the rest queue here, where
+    ``cancel()`` can still remove them.
+    """
+
+    def __init__(self) -> None:
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future:
+        """Start ``fn(*args, **kwargs)``; return its future."""
+        task = CallTask(fn, constants())
+        future = Future()
+        job = functools.partial(contextvars.copy_context().run, _call_one, task, args, kwargs)
+        if self._inline():
+            _run(future, job)
+        else:
+            self._threads().submit(_run, future, job)
+        return future
+
+    def _inline(self) -> bool:
+        if _worker.in_worker:
+            return True
+        with call_config():
+            return parmap.get_backend().name == "serial"
+
+    def _threads(self) -> cf.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = cf.ThreadPoolExecutor(
+                    max(4, 2 * size()), thread_name_prefix="parmap-scoop"
+                )
+            return self._pool
+
+    def shutdown(self, wait: bool) -> None:
+        """Stop accepting work here; with ``wait``, return once submitted calls are done."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait)
+
+
+submitter = Submitter()
