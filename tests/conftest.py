@@ -26,13 +26,21 @@ def backend(request):
     return request.param
 
 
+# One per parent process, started on first use and exiting with the parent (the
+# stdlib's and loky's resource trackers, the forkserver): not workers.
+PER_PROCESS_DAEMONS = ("resource_tracker", "forkserver")
+
+
 def children() -> set[int]:
-    """Pids of this process's live descendants."""
+    """Pids of this process's live descendants, except the per-process daemons."""
     alive = set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                alive.add(child.pid)
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any(name in " ".join(child.cmdline()) for name in PER_PROCESS_DAEMONS):
+                continue
+            alive.add(child.pid)
         except psutil.NoSuchProcess:
             pass
     return alive

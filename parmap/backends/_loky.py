@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import re
 
 import loky
 
@@ -34,3 +35,9 @@ class LokyBackend(ProcessPoolBackend):
 
     def _shutdown(self, pool: cf.Executor) -> None:
         pool.shutdown(wait=True)
+
+    def _exitcode(self, exc: BaseException, pool: cf.Executor | None) -> int | None:
+        # loky kills the surviving workers itself (SIGKILL) once one dies, but its
+        # error names the exit codes of the ones that died first: "{SIGSEGV(-11)}".
+        codes = re.findall(r"\((-?\d+)\)", str(exc).rpartition("exit codes of the workers are")[2])
+        return int(codes[0]) if codes else super()._exitcode(exc, pool)

@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Collection
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ClassVar
@@ -77,11 +78,15 @@ class ProcessPoolBackend(Backend):
         if not isinstance(exc, BrokenProcessPool):
             return exc
         pool = getattr(future, "_parmap_pool", None)
-        exitcode = _crash_exitcode(pool)
+        exitcode = self._exitcode(exc, pool)
         if pool is not None:
             self._discard(pool)
         message = f"a {self.name} worker process {describe_exit(exitcode)}"
         return WorkerCrashedError(message, exitcode=exitcode)
+
+    def _exitcode(self, exc: BaseException, pool: cf.Executor | None) -> int | None:
+        """The exit code (negative: signal) of the worker whose death broke ``pool``."""
+        return _crash_exitcode(pool)
 
     def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
         running = [f for f in futures if not f.cancel() and not f.done()]
@@ -144,13 +149,13 @@ def _processes(pool: cf.Executor | None) -> list[Any]:
 def _crash_exitcode(pool: cf.Executor | None) -> int | None:
     """The exit code of the worker that broke ``pool``.
 
-    When one worker dies the pool terminates the others (SIGTERM), so the
-    culprit is the one that ended some other way.
+    A broken pool terminates its other workers (SIGTERM), so once every worker
+    has ended, the culprit is the one that ended some other way.
     """
-    codes = []
-    for process in _processes(pool):
-        process.join(timeout=1.0)
-        if process.exitcode is not None:
-            codes.append(process.exitcode)
+    processes = _processes(pool)
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    codes = [p.exitcode for p in processes if p.exitcode is not None]
     culprits = [code for code in codes if code != -signal.SIGTERM]
     return (culprits or codes or [None])[0]
