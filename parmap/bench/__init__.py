@@ -1,0 +1,26 @@
+"""The benchmark harness: ``parmap bench`` or ``python -m parmap.bench``.
+
+It answers, for this machine: from what per-item cost and what number of items
+does each backend beat plain serial ``map``, and by how much? A leaf package:
+nothing in parmap's core imports it. It needs the ``bench`` extra
+(``pip install 'parmap-backends[bench]'``: matplotlib, numpy, joblib, psutil).
+
+Modules:
+    workloads   the fitness functions mapped (OneMax, calibrated CPU, symbolic
+                regression, large payloads)
+    analysis    crossover points and the overhead-model fit (pure functions)
+    model       the overhead model of a backend: predict, to_dict / from_dict
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``parmap bench`` with ``argv`` (see ``parmap bench --help``); return the exit status."""
+    from parmap.bench._cli import main as run
+
+    return run(argv)
