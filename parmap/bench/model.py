@@ -76,9 +76,7 @@ class OverheadModel:
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING_POLICIES:
-            raise ValueError(
-                f"unknown batching policy {self.batching!r}; use one of {BATCHING_POLICIES}"
-            )
+            raise ValueError(_unknown_policy(self.batching))
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
@@ -191,7 +189,11 @@ def batch_count(
         return n_items
     if batching == "single":
         return 1
-    raise ValueError(f"unknown batching policy {batching!r}; use one of {BATCHING_POLICIES}")
+    raise ValueError(_unknown_policy(batching))
+
+
+def _unknown_policy(name: str) -> str:
+    return f"unknown batching policy {name!r}; use one of {', '.join(BATCHING_POLICIES)}"
 
 
 def _parmap_batches(n_items: int, cost: float, workers: int, overhead: float) -> int:
