@@ -246,7 +246,9 @@ def test_ctrl_c_stops_and_keeps_what_was_measured(tmp_path, census):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(4.0)  # long enough to measure a cell or two, far from the end
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("parmap bench (")  # the sweep is starting
+    time.sleep(3.0)  # long enough to measure a cell or two, far from the end
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
