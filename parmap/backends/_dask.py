@@ -1,0 +1,461 @@
+"""The Dask backend: each batch of items is one task on a ``distributed`` cluster.
+
+Which cluster a call uses, decided at every call (first match wins)::
+
+    address="tcp://host:8786"        connect to that scheduler; disconnect at shutdown
+    a default distributed.Client     use it as it is; parmap never closes it
+    $DASK_SCHEDULER_ADDRESS          connect to that scheduler; disconnect at shutdown
+    otherwise                        an embedded LocalCluster on 127.0.0.1: a process
+                                     per worker, one thread each, no dashboard, quiet;
+                                     started on first use, kept until parmap.shutdown()
+
+An explicit ``address=`` wins over a default client: it names the cluster the
+caller wants. One batch's journey::
+
+    submit(prepared, items)   client.submit(run_batch, spec, items, pure=False, retries=0)
+          │                   pure=False: identical batches still run (noisy fitness)
+          ▼
+    a worker thread           parmap._worker.run_batch -> Outcome bytes (fn's errors inside)
+          │
+    the client's event loop   _fetch: gather the task's bytes
+          ▼
+    concurrent.futures.Future, which the core waits on
+
+A small function travels inside each task (cheaper than a round trip); a large
+one is scattered once per call and the tasks depend on it. ``parmap.share()``
+values are broadcast to the workers once. On the embedded cluster a dead worker
+fails its task at once (``allowed-failures: 0``; parmap's ``retries=`` decides)
+and the error names its exit code. Stopping running work (timeout, Ctrl-C) kills
+the embedded workers that run it, since a Python thread cannot be interrupted,
+and their nannies start fresh ones. On a cluster parmap only connected to, the
+scheduler's own settings hold, and stopped batches are cancelled but a batch
+already running finishes on its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import dask
+import distributed
+from distributed.client import FutureCancelledError
+
+from parmap._errors import BackendNotInstalledError, WorkerCrashedError, describe_exit
+from parmap._serialization import loads
+from parmap._worker import CallSpec, run_batch
+from parmap.backends._base import Backend, Locator, default_workers
+
+__all__ = ["DaskBackend", "DaskLocator"]
+
+log = logging.getLogger("parmap")
+
+INLINE_SPEC_BYTES = 64 * 1024  # a function up to this size travels inside every task
+SHARED_FETCH_TIMEOUT = 60.0  # seconds a worker waits for a shared value from its peers
+KILL_TIMEOUT = 30.0  # seconds to wait for the scheduler to drop killed workers
+EXIT_CODE_WAIT = 1.0  # seconds to wait for a nanny to report a dead worker's exit code
+
+# The embedded cluster: a dead worker fails its task at once (parmap's retries= decides
+# what next), and nobody reads the profiler, which samples every worker every 10 ms.
+_EMBEDDED_CONFIG = {
+    "distributed.scheduler.allowed-failures": 0,
+    "distributed.worker.profile.enabled": False,
+}
+
+
+@dataclass
+class _Session:
+    """A client that runs batches, and whether parmap started its cluster."""
+
+    client: distributed.Client
+    origin: str  # for messages and describe()
+    threads: int  # batches it runs at once
+    address: str | None = None  # the address parmap connected to
+    cluster: distributed.LocalCluster | None = None  # set when parmap started it
+
+    @property
+    def alive(self) -> bool:
+        return self.client.status in ("newly-created", "connecting", "running")
+
+
+@dataclass
+class _Prepared:
+    """One call's spec: inside every task, or scattered once (again if its holder died)."""
+
+    session: _Session
+    spec: CallSpec
+    scattered: distributed.Future | None = None
+
+    def argument(self) -> Any:
+        if self.scattered is None:
+            return self.spec
+        if self.scattered.status != "finished":
+            self.scattered = self.session.client.scatter(self.spec, hash=False)
+        return self.scattered
+
+
+@dataclass
+class _Published:
+    """A ``share()`` value; the blob is kept to send it again to a new or restarted cluster."""
+
+    key: str
+    blob: bytes
+    future: distributed.Future  # holds the value on the cluster of future.client
+
+
+class DaskLocator(Locator):
+    """Finds a broadcast ``share()`` value in the worker's memory, or fetches it from a peer."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def load(self) -> Any:
+        worker = distributed.get_worker()
+        blob: Any
+        try:
+            blob = worker.data[self.key]
+        except KeyError:  # this worker joined (or restarted) after the broadcast
+            future: distributed.Future[Any] = distributed.Future(self.key, distributed.get_client())
+            try:
+                blob = future.result(timeout=SHARED_FETCH_TIMEOUT)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"the parmap.share() value {self.key} is not on this Dask cluster "
+                    f"({exc!r}); was the cluster restarted by someone else?"
+                ) from exc
+        return loads(blob)
+
+
+class DaskBackend(Backend):
+    """Batches as tasks on a Dask ``distributed`` cluster."""
+
+    name = "dask"
+    batch_overhead: ClassVar[float] = 5e-3
+
+    def __init__(self, workers: int | None = None, **options: Any) -> None:
+        super().__init__(workers, **options)
+        self._lock = threading.RLock()
+        self._session: _Session | None = None  # the one the last call used
+        self._embedded: _Session | None = None  # ours to close: LocalCluster and client
+        self._connected: _Session | None = None  # ours to close: a client to an address
+        self._published: dict[str, _Published] = {}
+        self._workers_killed = False  # then shared values may have lost every copy
+
+    @classmethod
+    def option_names(cls) -> Collection[str]:
+        return ("address",)
+
+    @property
+    def workers(self) -> int:
+        if self.requested_workers:
+            return self.requested_workers
+        session = self._session
+        return (session if session is not None and session.alive else self._resolve()).threads
+
+    @property
+    def client(self) -> distributed.Client:
+        """The ``distributed.Client`` in use (connecting or starting a cluster if need be)."""
+        session = self._session
+        return (session if session is not None and session.alive else self._resolve()).client
+
+    def prepare(self, spec: CallSpec) -> _Prepared:
+        session = self._resolve()
+        if session.cluster is None:  # a cluster we only use may have grown or shrunk
+            session.threads = _threads(session.client)
+        self._republish(session)
+        prepared = _Prepared(session, spec)
+        if len(spec.fn) + len(spec.initializer or b"") > INLINE_SPEC_BYTES:
+            prepared.scattered = session.client.scatter(spec, hash=False)
+        return prepared
+
+    def submit(self, prepared: _Prepared, items: bytes) -> cf.Future[Any]:
+        client = prepared.session.client
+        task = client.submit(run_batch, prepared.argument(), items, pure=False, retries=0)
+        future: cf.Future[Any] = cf.Future()
+        loop = client.loop
+        assert loop is not None, "a running Client has an event loop"
+        loop.add_callback(_fetch, client, task, future)
+        future._parmap_task = task  # type: ignore[attr-defined]
+        future._parmap_session = prepared.session  # type: ignore[attr-defined]
+        return future
+
+    def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
+        session: _Session | None = getattr(future, "_parmap_session", None)
+        if isinstance(exc, distributed.KilledWorker):
+            return _worker_lost(exc, session)
+        if isinstance(exc, FutureCancelledError):
+            return WorkerCrashedError(
+                f"the Dask scheduler dropped a batch ({exc.reason}: {exc.msg or 'no details'}); "
+                "a worker or the scheduler was probably lost or restarted"
+            )
+        if isinstance(exc, asyncio.CancelledError):
+            return WorkerCrashedError("the Dask client was closed while a batch ran")
+        if isinstance(exc, OSError):  # CommClosedError, refused or timed-out connections
+            where = session.origin if session else "the Dask cluster"
+            return WorkerCrashedError(f"lost the connection to {where}: {exc!r}")
+        if isinstance(exc, ImportError) and "parmap" in str(exc):
+            return BackendNotInstalledError(
+                f"the Dask workers cannot import parmap ({exc}); install parmap-backends "
+                "in the environment of every worker"
+            )
+        return exc
+
+    def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
+        tasks = [t for t in (getattr(f, "_parmap_task", None) for f in futures) if t is not None]
+        for future in futures:
+            future.cancel()
+        if not tasks:
+            return
+        session: _Session = next(iter(futures))._parmap_session  # type: ignore[attr-defined]
+        busy: set[str] = set()
+        if stop_running and session.cluster is not None:
+            keys = {task.key for task in tasks}
+            processing = session.client.processing()
+            busy = {worker for worker, held in processing.items() if keys.intersection(held)}
+        session.client.cancel(tasks, reason="parmap call ended")
+        if busy:  # a running Python function cannot be interrupted: kill its worker
+            _kill_workers(session, busy)
+            self._workers_killed = True
+
+    def publish(self, token: str, blob: bytes) -> Locator:
+        with self._lock:
+            client = self._resolve().client
+            key = f"parmap-share-{token}"
+            self._published[key] = _Published(key, blob, _broadcast(client, key, blob))
+            return DaskLocator(key)
+
+    def _republish(self, session: _Session) -> None:
+        """Broadcast the shared values that are not on this call's cluster (any more).
+
+        After workers were killed, the scheduler may have lost every copy of a value
+        before our futures hear of it, so then every value is sent again.
+        """
+        with self._lock:
+            killed, self._workers_killed = self._workers_killed, False
+            for entry in self._published.values():
+                here = entry.future.client is session.client and entry.future.status == "finished"
+                if killed or not here:
+                    entry.future = _broadcast(session.client, entry.key, entry.blob)
+
+    def describe(self) -> dict[str, Any]:
+        session = self._session
+        if session is None:
+            return {"workers": self.requested_workers or "?", "started": False}
+        scheduler = session.client.scheduler
+        return {
+            "workers": self.requested_workers or session.threads,
+            "cluster": session.origin,
+            "scheduler": scheduler.address if scheduler is not None else None,
+        }
+
+    def shutdown(self) -> None:
+        with self._lock:
+            owned = [s for s in (self._connected, self._embedded) if s is not None]
+            self._session = self._connected = self._embedded = None
+            self._published.clear()  # drops our futures: the scheduler forgets the values
+        for session in owned:
+            _close(session)
+
+    # -- choosing, connecting, starting ----------------------------------------------
+
+    def _resolve(self) -> _Session:
+        """The session for this call, in the order of the module docstring."""
+        with self._lock:
+            address = self.options.get("address")
+            default = None if address else _default_client()
+            env = os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip()
+            if address:
+                session = self._connect(address, f"the Dask scheduler at {address} (address=)")
+            elif default is not None:
+                session = self._adopt(default)
+            elif env:
+                origin = f"the Dask scheduler at {env} ($DASK_SCHEDULER_ADDRESS)"
+                session = self._connect(env, origin)
+            else:
+                session = self._local()
+            self._session = session
+            return session
+
+    def _adopt(self, client: distributed.Client) -> _Session:
+        current = self._session
+        if current is not None and current.client is client:
+            return current
+        if client.asynchronous:
+            raise TypeError(
+                "the default Dask client is asynchronous, but parmap blocks; create a "
+                "synchronous distributed.Client, or pass address= to let parmap connect"
+            )
+        return _Session(client, "the default Dask client", _threads(client))
+
+    def _connect(self, address: str, origin: str) -> _Session:
+        current = self._connected
+        if current is not None and current.address == address and current.alive:
+            return current
+        if current is not None:
+            self._connected = None
+            _close(current)
+        try:
+            client = distributed.Client(address, set_as_default=False)
+        except OSError as exc:
+            raise ConnectionError(
+                f"could not connect to {origin}: {exc}. Start one with `dask scheduler` and "
+                "workers with `dask worker <address>`, or fix the address"
+            ) from exc
+        self._connected = _Session(client, origin, _threads(client), address=address)
+        return self._connected
+
+    def _local(self) -> _Session:
+        current = self._embedded
+        if current is not None and current.alive:
+            return current
+        if current is not None:
+            self._embedded = None
+            _close(current)
+        workers = self.requested_workers or default_workers()
+        started = time.perf_counter()
+        with dask.config.set(_EMBEDDED_CONFIG):
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                # The scheduler serves HTTP even without a dashboard, by default on
+                # port 8787: leave that port to the user's own clusters.
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.CRITICAL,
+                worker_class=_Nanny,
+            )
+            client = distributed.Client(cluster, set_as_default=False, direct_to_workers=True)
+        client.register_plugin(_IgnoreSigint())
+        seconds = time.perf_counter() - started
+        log.debug("parmap: started a Dask LocalCluster of %d workers in %.2f s", workers, seconds)
+        self._embedded = _Session(client, "an embedded Dask LocalCluster", workers, cluster=cluster)
+        return self._embedded
+
+
+class _ExitCodes:
+    """Exit codes of the embedded clusters' dead workers, by worker address."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {}
+        self._changed = threading.Condition()
+
+    def record(self, address: str, exitcode: int) -> None:
+        with self._changed:
+            self._codes[address] = exitcode
+            self._changed.notify_all()
+
+    def wait_for(self, address: str, timeout: float) -> int | None:
+        with self._changed:
+            self._changed.wait_for(lambda: address in self._codes, timeout=timeout)
+            return self._codes.get(address)
+
+
+_exit_codes = _ExitCodes()
+
+
+class _Nanny(distributed.Nanny):
+    """A nanny that remembers how its worker process ended.
+
+    distributed only logs the exit code (dask/distributed#5465 asks for a hook);
+    overriding this private method degrades to "exit code unknown" if it changes.
+    """
+
+    async def _on_worker_exit(self, exitcode: int) -> Any:
+        if self.worker_address:
+            _exit_codes.record(self.worker_address, exitcode)
+        return await super()._on_worker_exit(exitcode)
+
+
+class _IgnoreSigint(distributed.WorkerPlugin):
+    """Embedded workers ignore Ctrl-C: the caller handles it and stops them itself."""
+
+    name = "parmap-ignore-sigint"
+
+    def setup(self, worker: distributed.Worker) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def _fetch(
+    client: distributed.Client, task: distributed.Future, future: cf.Future[Any]
+) -> None:
+    """On the client's event loop: wait for one batch's task; pass its bytes to ``future``.
+
+    Cancelling ``future`` does not interrupt this coroutine (that would leave
+    distributed's gather with an exception nobody retrieves); ``cancel()``
+    cancels the task, which ends the gather.
+    """
+    try:
+        result = await client.gather(task, asynchronous=True)
+    except BaseException as exc:  # asyncio.CancelledError too: the client is closing
+        with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
+            future.set_exception(exc)
+    else:
+        with contextlib.suppress(cf.InvalidStateError):
+            future.set_result(result)
+
+
+def _worker_lost(exc: distributed.KilledWorker, session: _Session | None) -> WorkerCrashedError:
+    address = exc.last_worker.address
+    exitcode = None
+    if session is not None and session.cluster is not None:
+        exitcode = _exit_codes.wait_for(address, EXIT_CODE_WAIT)
+        how = describe_exit(exitcode)
+    else:
+        how = "died (its log on that machine says why)"
+    tries = exc.allowed_failures + 1
+    again = f"; the scheduler tried {tries} workers" if tries > 1 else ""
+    return WorkerCrashedError(f"a Dask worker process ({address}) {how}{again}", exitcode=exitcode)
+
+
+def _kill_workers(session: _Session, addresses: set[str]) -> None:
+    """SIGKILL embedded workers (their nannies start fresh ones).
+
+    Returns once the scheduler has dropped them, so no later batch goes to a dying worker.
+    """
+    cluster = session.cluster
+    assert cluster is not None and cluster.scheduler is not None
+    log.debug("parmap: killing Dask workers %s to stop their running batches", addresses)
+    for nanny in list(cluster.workers.values()):
+        if getattr(nanny, "worker_address", None) in addresses and nanny.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nanny.pid, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while addresses.intersection(cluster.scheduler.workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _broadcast(client: distributed.Client, key: str, blob: bytes) -> distributed.Future:
+    return client.scatter({key: blob}, broadcast=True, hash=False)[key]
+
+
+def _default_client() -> distributed.Client | None:
+    try:
+        return distributed.default_client()
+    except ValueError:
+        return None
+
+
+def _threads(client: distributed.Client) -> int:
+    """Worker threads of the cluster (at least 1: an adaptive cluster may start empty)."""
+    return max(1, sum(client.nthreads().values()))
+
+
+def _close(session: _Session) -> None:
+    try:
+        session.client.close()
+        if session.cluster is not None:
+            session.cluster.close()
+    except Exception:  # pragma: no cover - best effort at exit
+        log.warning("parmap: error while closing %s", session.origin, exc_info=True)
