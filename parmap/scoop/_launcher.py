@@ -39,16 +39,16 @@ _CLUSTER_HINT = (
     "pass its address with --address (or set $RAY_ADDRESS with --backend ray, "
     "$DASK_SCHEDULER_ADDRESS with --backend dask); see docs/migrating-from-scoop.md"
 )
-_SSH_OPTIONS = (
-    ("--hosts", "--host"),
-    ("--hostfile",),
-    ("--tunnel",),
-    ("--rsh",),
-    ("--ssh-executable",),
-    ("--external-hostname",),
-    ("--python-interpreter",),
-    ("--prolog",),
-    ("-b",),
+_SSH_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (  # as SCOOP parses them
+    (("--hosts", "--host"), {"nargs": "*"}),
+    (("--hostfile",), {}),
+    (("--tunnel",), {"action": "store_const", "const": True}),
+    (("--rsh",), {"action": "store_const", "const": True}),
+    (("--ssh-executable",), {}),
+    (("--external-hostname",), {}),
+    (("--python-interpreter",), {}),
+    (("--prolog",), {}),
+    (("-b",), {}),
 )
 _ADDRESS_VARIABLES = {"ray": "RAY_ADDRESS", "dask": "DASK_SCHEDULER_ADDRESS"}
 
@@ -81,11 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
     parser.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    for names in _SSH_OPTIONS:
-        parser.add_argument(*names, nargs="*", dest=f"ssh{names[0]}", help=argparse.SUPPRESS)
+    for names, how in _SSH_OPTIONS:
+        parser.add_argument(*names, dest=f"ssh{names[0]}", help=argparse.SUPPRESS, **how)
     parser.add_argument("script", help="the SCOOP program to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
-    return parser  # fmt: skip
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,9 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    used = [names[0] for names in _SSH_OPTIONS if getattr(args, f"ssh{names[0]}") is not None]
+    used = [names[0] for names, _ in _SSH_OPTIONS if getattr(args, f"ssh{names[0]}") is not None]
     if used:
-        parser.error(f"SCOOP's {', '.join(used)} is not supported: {_CLUSTER_HINT}")
+        parser.error(
+            f"{', '.join(used)}: SCOOP's host and SSH options do not apply; {_CLUSTER_HINT}"
+        )
     backend = args.backend
     if backend is not None and backend.upper() in ("ZMQ", "TCP"):  # SCOOP's transport option
         print(f"{PROG}: ignoring SCOOP's '--backend {backend}' (its message transport); "
@@ -181,13 +183,14 @@ def run_script(path: str, args: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    module = _main_module(os.path.abspath(path))
+    filename = os.path.abspath(path)  # __file__ and tracebacks: absolute, as in Python >= 3.9
+    module = _main_module(filename)
     saved = sys.modules["__main__"], sys.argv, sys.path[0]
     sys.modules["__main__"], sys.argv = module, [path, *args]
     sys.path[0] = os.path.dirname(os.path.abspath(path))
     _runtime.settings.main_module = path
     try:
-        code = compile(source, module.__file__, "exec", dont_inherit=True)
+        code = compile(source, filename, "exec", dont_inherit=True)
         exec(code, module.__dict__)
     except SystemExit:
         raise

@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import contextlib
 import contextvars
 import functools
+import logging
 import math
 import os
 import socket
@@ -66,6 +67,7 @@ class Settings:
 
 
 settings = Settings()
+log = logging.getLogger("parmap.scoop")
 
 
 def configure(
@@ -133,6 +135,7 @@ def size() -> int:
 
 _constants: dict[str, Shared[Any]] = {}
 _constants_changed = threading.Condition()
+_last_received: dict[str, Shared[Any]] | None = None
 
 
 def constants() -> dict[str, Shared[Any]]:
@@ -142,12 +145,21 @@ def constants() -> dict[str, Shared[Any]]:
 
 
 def receive(handles: dict[str, Shared[Any]]) -> None:
-    """Make constants known in this process (a worker receiving a task)."""
-    if handles.keys() - _constants.keys():
-        with _constants_changed:
-            for name, handle in handles.items():
-                _constants.setdefault(name, handle)
-            _constants_changed.notify_all()
+    """Make a task's constants known in this process (a worker receiving a task).
+
+    Cheap per item: a worker keeps one unpickled task per call, so the same
+    ``handles`` dict comes back for every item of the call.
+    """
+    global _last_received
+    if handles is _last_received:
+        return
+    with _constants_changed:
+        for name, handle in handles.items():
+            known = _constants.get(name)
+            if known is None or known._token != handle._token:
+                _constants[name] = handle
+        _constants_changed.notify_all()
+    _last_received = handles
 
 
 def define(values: dict[str, Any]) -> None:
@@ -220,7 +232,18 @@ class CallTask(_Task):
 
 class Future(cf.Future[Any]):
     """A SCOOP future: a ``concurrent.futures.Future`` (``result``, ``exception``,
-    ``done``, ``cancel``, ``cancelled``, ``running``, ``add_done_callback``)."""
+    ``done``, ``cancel``, ``cancelled``, ``running``, ``add_done_callback``).
+
+    As in SCOOP, done callbacks have all run by the time anyone else sees the
+    future done (``result``, ``wait``, ``as_completed``), so a program that
+    collects results in callbacks finds them all after ``wait``. (In
+    ``concurrent.futures`` they run after the waiters are released.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._finishing: int | None = None  # the thread running the callbacks
+        self._outcome: tuple[Any, BaseException | None] = (None, None)
 
     def add_done_callback(
         self,
@@ -235,7 +258,52 @@ class Future(cf.Future[Any]):
             inCallbackType: accepted for SCOOP compatibility; ignored.
             inCallbackGroup: accepted for SCOOP compatibility; ignored.
         """
+        if self._in_callback():
+            fn(self)
+            return
         super().add_done_callback(fn)
+
+    def finish(self, result: Any, exc: BaseException | None) -> None:
+        """Run the callbacks, then make the outcome visible to every thread."""
+        with self._condition:
+            self._finishing, self._outcome = threading.get_ident(), (result, exc)
+        while True:
+            with self._condition:  # cf.Future's own list, which set_result() would run
+                callbacks: list[Callable[[Future], object]] = self._done_callbacks
+                self._done_callbacks: list[Callable[[Future], object]] = []
+            if not callbacks:
+                break
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:
+                    log.exception("parmap.scoop: exception calling callback for %r", self)
+        self._finishing = None
+        if exc is None:
+            self.set_result(result)
+        else:
+            self.set_exception(exc)
+
+    def _in_callback(self) -> bool:
+        return self._finishing == threading.get_ident()
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._in_callback():
+            if self._outcome[1] is not None:
+                raise self._outcome[1]
+            return self._outcome[0]
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._in_callback():
+            return self._outcome[1]
+        return super().exception(timeout)
+
+    def done(self) -> bool:
+        return self._in_callback() or super().done()
+
+    def running(self) -> bool:
+        return not self._in_callback() and super().running()
 
 
 def _call_one(task: CallTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -249,9 +317,9 @@ def _run(future: Future, job: Callable[[], Any]) -> None:
     try:
         result = job()
     except BaseException as exc:  # the future carries it, like concurrent.futures does
-        future.set_exception(exc)
+        future.finish(None, exc)
     else:
-        future.set_result(result)
+        future.finish(result, None)
 
 
 class Submitter:
