@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -93,7 +94,11 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python <command>`` in the scripts folder; fail on a timeout or a leftover process."""
     mark = uuid.uuid4().hex
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PARMAP_")}
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PARMAP_") and not k.endswith("_ADDRESS")
+    }
     environment.update(env or {}, **{MARKER: mark, "PYTHONUNBUFFERED": "1"})
     try:
         done = subprocess.run(
@@ -293,6 +298,50 @@ def test_scoop_transport_option_is_ignored_with_a_note():
     )
     assert done.returncode == 0 and done.stdout == oracle("map_basic.py")[1]
     assert "ignoring SCOOP's '--backend ZMQ'" in done.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cluster_address_replaces_scoop_hosts():
+    """SCOOP's --hosts/--hostfile become a cluster address: a real Dask cluster on 127.0.0.1."""
+    if "dask" not in TOGETHER or shutil.which("dask") is None:
+        pytest.skip("dask (and its dask command) not available")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    mark = uuid.uuid4().hex
+    env = {**os.environ, MARKER: mark}
+    cluster = [
+        subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port",
+                          address.rsplit(":", 1)[1], "--no-dashboard"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(["dask", "worker", address, "--nworkers", "2", "--nthreads", "1",
+                          "--no-dashboard"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]  # fmt: skip
+    try:
+        wait = "import distributed as d, sys; d.Client(sys.argv[1]).wait_for_workers(2, timeout=60)"
+        ready = run("-c", wait, address)
+        assert ready.returncode == 0, ready.stderr[-2000:]
+        for script in ("shared_constants.py", "nested_recursion.py"):
+            done = run("-m", "parmap.scoop", "--backend", "dask", script,
+                       env={"DASK_SCHEDULER_ADDRESS": address})  # fmt: skip
+            assert (done.returncode, done.stdout) == oracle(script), done.stderr[-3000:]
+    finally:
+        for process in reversed(cluster):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        left = _leftovers(mark)
+        for process in _marked().get(mark, []):
+            process.kill()
+    assert not left, f"cluster processes left behind: {left}"
 
 
 # -- the one-line change: from parmap.scoop import futures, shared ----------------

@@ -50,7 +50,6 @@ _SSH_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (  # as SCOOP
     (("--prolog",), {}),
     (("-b",), {}),
 )
-_ADDRESS_VARIABLES = {"ray": "RAY_ADDRESS", "dask": "DASK_SCHEDULER_ADDRESS"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--address",
         metavar="ADDRESS",
-        help="Ray cluster or Dask scheduler address (default: $RAY_ADDRESS "
-        "or $DASK_SCHEDULER_ADDRESS for those backends)",
+        help="Ray cluster or Dask scheduler address (without it, the ray and dask "
+        "backends read $RAY_ADDRESS and $DASK_SCHEDULER_ADDRESS)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
     parser.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
@@ -112,26 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from parmap.scoop import _runtime
 
     try:
-        _runtime.configure(backend, args.workers, _address(args.address, backend))
+        _runtime.configure(backend, args.workers, args.address)
     except (ParmapError, ValueError) as exc:
         parser.error(str(exc))
     install_aliases()
     return run_script(args.script, args.args)
-
-
-def _address(explicit: str | None, backend: str | None) -> str | None:
-    """``--address``, else the cluster variable of the backend the calls will use."""
-    if explicit:
-        return explicit
-    import parmap
-
-    try:
-        with parmap.config(backend=backend):
-            name = parmap.get_backend().name
-    except ParmapError:
-        return None  # the first call reports the bad name, saying where it came from
-    variable = _ADDRESS_VARIABLES.get(name)
-    return (os.environ.get(variable) or None) if variable else None
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):

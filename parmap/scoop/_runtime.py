@@ -116,19 +116,24 @@ def worker_name() -> bytes:
 
 
 def size() -> int:
-    """How many workers calls use (SCOOP's ``scoop.SIZE``)."""
+    """How many workers calls use (SCOOP's ``scoop.SIZE``).
+
+    With no worker count given, the backend is started (a no-op call, through
+    the core) to ask it: a Ray or Dask cluster has the workers it has.
+    """
     if _worker.in_worker:
         return settings.workers or 1
     with call_config():
         choice = parmap.get_backend()
-    if choice.name == "serial":
-        return 1
-    if choice.workers:
-        return choice.workers
-    for backend in _registry.live_backends():
-        if backend.name == choice.name:
-            return backend.workers
-    return default_workers()
+        if choice.name == "serial":
+            return 1
+        if choice.workers:
+            return choice.workers
+        live = [b for b in _registry.live_backends() if b.name == choice.name]
+        if not live:
+            parmap.parmap(int, [0])
+            live = [b for b in _registry.live_backends() if b.name == choice.name]
+    return live[0].workers if live else default_workers()
 
 
 # -- shared constants ---------------------------------------------------------
