@@ -49,6 +49,14 @@ def spinner(iterations: int):
     return work
 
 
+def side_by_side(serial, parallel, repeats: int) -> tuple[float, float]:
+    """Median seconds of each, timed alternately so that a change of load hits both."""
+    parallel()  # warm: the cluster, and the per-item cost the batching policy learns
+    parallel()
+    pairs = [(time_call(serial), time_call(parallel)) for _ in range(repeats)]
+    return median([s for s, _ in pairs]), median([p for _, p in pairs])
+
+
 def dask_map(client, fn, items) -> float:
     return time_call(lambda: client.gather(client.map(fn, items, pure=False)))
 
@@ -78,9 +86,11 @@ def main() -> int:
     for cost, count, target in ((10e-3, 200, 0.55), (100e-6, 5_000, 0.65)):
         fn = spinner(calibrate(cost))
         work = list(range(count))
-        serial = median_time(lambda fn=fn, work=work: list(map(fn, work)), args.repeats)
-        call = lambda fn=fn, work=work: parmap.parmap(fn, work, backend="dask")  # noqa: E731
-        parallel = median_time(call, args.repeats, warmup=2)
+        serial, parallel = side_by_side(
+            lambda fn=fn, work=work: list(map(fn, work)),
+            lambda fn=fn, work=work: parmap.parmap(fn, work, backend="dask"),
+            args.repeats,
+        )
         label = f"{fmt_seconds(cost)} x {count:,}"
         print(f"  {label}: serial {fmt_seconds(serial)}, dask {fmt_seconds(parallel)}")
         checks.at_most(f"dask / serial, {label}", parallel / serial, target)

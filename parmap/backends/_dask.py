@@ -323,24 +323,35 @@ class DaskBackend(Backend):
         workers = self.requested_workers or default_workers()
         started = time.perf_counter()
         with dask.config.set(_EMBEDDED_CONFIG):
-            cluster = distributed.LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                # The scheduler serves HTTP even without a dashboard, by default on
-                # port 8787: leave that port to the user's own clusters.
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.CRITICAL,
-                worker_class=_Nanny,
-            )
+            cluster = _start_local_cluster(workers)
             client = distributed.Client(cluster, set_as_default=False, direct_to_workers=True)
         client.register_plugin(_IgnoreSigint())
         seconds = time.perf_counter() - started
         log.debug("parmap: started a Dask LocalCluster of %d workers in %.2f s", workers, seconds)
         self._embedded = _Session(client, "an embedded Dask LocalCluster", workers, cluster=cluster)
         return self._embedded
+
+
+def _start_local_cluster(workers: int) -> distributed.LocalCluster:
+    try:
+        return distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            # The scheduler serves HTTP even without a dashboard, by default on port
+            # 8787: leave that port to the user's own clusters.
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.CRITICAL,
+            worker_class=_Nanny,
+        )
+    except Exception as exc:
+        raise RuntimeError(
+            f"could not start an embedded Dask LocalCluster: {exc!r}. If a script calls "
+            'parmap when it is imported, move the call under `if __name__ == "__main__":` '
+            "(Dask starts workers with 'spawn', which imports the main module again)"
+        ) from exc
 
 
 class _ExitCodes:
