@@ -34,6 +34,7 @@ __all__ = ["CallSpec", "ErrorRecord", "Outcome", "execute", "run_batch"]
 _FUNCTION_CACHE_SIZE = 16
 _functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
 _initialized: set[str] = set()
+_init_lock = threading.RLock()  # reentrant: an initializer may call parmap itself
 shared_values: dict[str, Any] = {}
 in_worker = False  # True in a process that has run a batch for a remote caller
 
@@ -91,15 +92,17 @@ def execute(spec: CallSpec, fn: Callable[..., Any], items: Sequence[Any]) -> Out
     """Run ``fn`` over ``items`` in this process, stopping at the first error."""
     started = time.perf_counter()
     if spec.init_token is not None and spec.init_token not in _initialized:
-        init_fn, init_args = spec.initializer
-        try:
-            init_fn(*init_args)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            record = ErrorRecord.capture("init", None, exc)
-            return Outcome(None, time.perf_counter() - started, error=record)
-        _initialized.add(spec.init_token)
+        with _init_lock:  # a Dask worker runs batches in as many threads as it has
+            if spec.init_token not in _initialized:
+                init_fn, init_args = spec.initializer
+                try:
+                    init_fn(*init_args)
+                except BaseException as exc:
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    record = ErrorRecord.capture("init", None, exc)
+                    return Outcome(None, time.perf_counter() - started, error=record)
+                _initialized.add(spec.init_token)
     results: list[Any] = []
     try:  # list.extend keeps what was appended before an exception: len() is the position
         results.extend(itertools.starmap(fn, items) if spec.star else map(fn, items))

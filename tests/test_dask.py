@@ -330,3 +330,30 @@ def test_remote_timeout_leaves_workers_alone(scheduler_address, census):
                           timeout=0.5, address=scheduler_address)  # fmt: skip
         assert time.monotonic() - started < 2
         assert worker_pids(client) == before, "parmap killed workers it does not own"
+
+
+def test_initializer_runs_once_in_a_worker_with_several_threads(census):
+    name = f"PARMAP_TEST_INIT_{uuid.uuid4().hex}"
+
+    def slow_init():
+        time.sleep(0.5)  # both threads of the worker arrive while it runs
+        os.environ[name] = str(int(os.environ.get(name, "0")) + 1)
+
+    def runs(_):
+        return os.environ.get(name)
+
+    cluster = distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    )
+    try:
+        with distributed.Client(cluster):
+            got = parmap.parmap(runs, range(8), backend="dask", chunksize=1, initializer=slow_init)
+            assert set(got) == {"1"}, got
+            parmap.shutdown()
+    finally:
+        cluster.close()
