@@ -223,14 +223,22 @@ def crossover_by_count_rows(summary: Summary) -> tuple[list[str], list[list[str]
     return headers, rows
 
 
-def _speedup_rows(result: SweepResult, summary: Summary) -> list[list[str]]:
-    index = {(r.target, workload_of(r), r.n_items): r for r in result.rows}
-    cells = sorted(
+def _cells(result: SweepResult) -> list[tuple[Workload, int]]:
+    """The measured (workload, item count) cells, in table order."""
+    return sorted(
         {(workload_of(r), r.n_items) for r in result.rows if r.kind == "reference"},
         key=lambda c: (_order(c[0]), c[0].param, c[1]),
     )
+
+
+def _index(result: SweepResult) -> dict[tuple[str, Workload, int], Row]:
+    return {(r.target, workload_of(r), r.n_items): r for r in result.rows}
+
+
+def _speedup_rows(result: SweepResult, summary: Summary) -> list[list[str]]:
+    index = _index(result)
     rows = []
-    for workload, n in cells:
+    for workload, n in _cells(result):
         serial = index[("map", workload, n)].seconds
         line = [workload.label, f"{n:,}", format_seconds(serial)]
         for target in summary.targets:
@@ -261,28 +269,27 @@ def _cold_rows(result: SweepResult) -> list[list[str]]:
 
 def _baseline_rows(result: SweepResult, summary: Summary) -> tuple[list[str], list[list[str]]]:
     baselines = [t for t in summary.targets if result.targets[t]["kind"] == "baseline"]
-    ours = [t for t in summary.targets if result.targets[t]["kind"] == "parmap" and t != "serial"]
+    ours = [t for t in summary.parallel_targets if result.targets[t]["kind"] == "parmap"]
     headers = ["workload", "items", "serial map", "best parmap", *baselines]
-    index = {(r.target, workload_of(r), r.n_items): r for r in result.rows}
+    index = _index(result)
     rows = []
-    for line in _speedup_rows(result, summary):
-        workload = next(w for w in summary.measured_cost if w.label == line[0])
-        n = int(line[1].replace(",", ""))
+    for workload, n in _cells(result):
         candidates = [index[(t, workload, n)] for t in ours if (t, workload, n) in index]
         if not candidates:
             continue
         best = min(candidates, key=lambda r: r.seconds)
-        cells = [line[0], line[1], line[2], f"{best.target} {format_seconds(best.seconds)}"]
+        line = [workload.label, f"{n:,}", format_seconds(best.serial_seconds),
+                f"{best.target} {format_seconds(best.seconds)}"]  # fmt: skip
         for baseline in baselines:
             row = index.get((baseline, workload, n))
-            if row is None:
-                cells.append("—")
-            else:
-                mark = "*" if row.scaled else ""
-                ratio = row.seconds / best.seconds
-                cells.append(f"{format_seconds(row.seconds)}{mark} ({ratio:.2g}x)")
-        rows.append(cells)
+            line.append("—" if row is None else _versus(row, best))
+        rows.append(line)
     return headers, rows
+
+
+def _versus(row: Row, best: Row) -> str:
+    mark = "*" if row.scaled else ""
+    return f"{format_seconds(row.seconds)}{mark} ({row.seconds / best.seconds:.2g}x)"
 
 
 def _model_rows(summary: Summary) -> list[list[str]]:

@@ -14,9 +14,13 @@ write without parmap:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import parmap
@@ -164,12 +168,14 @@ class RayTasksTarget(Target):
         import ray
 
         if not ray.is_initialized():
-            ray.init(
-                num_cpus=self.workers,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-            )
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            with _sigint_blocked():  # Ray's helper processes must not die of our Ctrl-C
+                ray.init(
+                    num_cpus=self.workers,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                )
             self._started = True
         entry = self._remote.get(id(fn))
         if entry is None or entry[0] is not fn:
@@ -189,6 +195,23 @@ class RayTasksTarget(Target):
 
             ray.shutdown()
             self._started = False
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT while Ray starts: its children inherit the mask and ignore Ctrl-C.
+
+    Ray's helper processes share our process group, so a Ctrl-C at the terminal
+    would otherwise kill them mid-sweep (the same as parmap's Ray backend does).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def baseline_installed(name: str) -> bool:
