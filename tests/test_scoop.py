@@ -378,3 +378,62 @@ def test_real_scoop_prints_the_same(script):
         pytest.skip(reason)
     done = run("-m", "scoop", "-n", "2", script, *ARGS.get(script, []), deadline=90.0)
     assert done.stdout == oracle(script)[1], done.stderr[-3000:]
+
+
+# -- in this process: what the scripts cannot show deterministically ---------------
+
+
+def test_script_top_level_runs_once_whatever_the_start_method(tmp_path):
+    script = tmp_path / "once.py"
+    script.write_text(
+        "import os, sys\nfrom scoop import futures\n"
+        "with open(sys.argv[1], 'a') as log:\n    log.write(f'{os.getpid()}\\n')\n"
+        "def twice(x):\n    return 2 * x\n"
+        "if __name__ == '__main__':\n    print(sum(futures.map(twice, range(100))))\n"
+    )
+    cases = [("multiprocessing", "forkserver"), ("multiprocessing", "spawn"), ("loky", "")]
+    for backend, method in cases:
+        if backend not in ISOLATED + TOGETHER:
+            continue
+        log = tmp_path / f"{backend}-{method}.log"
+        done = launch(backend, str(script), str(log), env={"PARMAP_START_METHOD": method})
+        assert done.stdout == "9900\n", done.stderr
+        assert len(log.read_text().split()) == 1, (backend, method)
+
+
+def test_queued_futures_can_be_cancelled(census):
+    import parmap
+    from parmap.scoop import futures
+
+    with parmap.config(backend="loky", workers=1):
+        fs = [futures.submit(time.sleep, 0.3) for _ in range(12)]
+    queued = fs[-4:]  # at most max(4, 2 x 1) calls are in flight
+    assert all(f.cancel() for f in queued)
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(futures.CancelledError):
+        queued[0].result()
+    futures.wait(fs)
+    assert [f.result() for f in fs[:4]] == [None] * 4
+    futures.shutdown()
+
+
+def test_set_const_on_a_worker_says_where_to_call_it(census):
+    import parmap
+    from parmap.scoop import futures, shared
+
+    with parmap.config(backend="loky", workers=1):
+        future = futures.submit(shared.setConst, on_worker=1)
+    with pytest.raises(RuntimeError, match="in the main program"):
+        future.result(timeout=60)
+    futures.shutdown()
+
+
+def test_get_const_waits_for_another_thread_of_the_program():
+    import threading
+
+    from parmap.scoop import shared
+
+    name = f"late_{uuid.uuid4().hex}"
+    threading.Timer(0.2, lambda: shared.setConst(**{name: 42})).start()
+    assert shared.getConst(name, timeout=0) is None
+    assert shared.getConst(name, timeout=30) == 42
