@@ -28,7 +28,9 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
+import parmap.scoop
 from parmap._errors import ParmapError
+from parmap.scoop import _runtime
 
 __all__ = ["install_aliases", "main", "run_script"]
 
@@ -108,8 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: ignoring SCOOP's '--backend {backend}' (its message transport); "
               "pass a parmap backend name to choose one", file=sys.stderr)  # fmt: skip
         backend = None
-    from parmap.scoop import _runtime
-
     try:
         _runtime.configure(backend, args.workers, args.address)
     except (ParmapError, ValueError) as exc:
@@ -133,8 +133,6 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 
 def install_aliases() -> None:
     """Make ``import scoop`` (and its ``futures``/``shared``) import parmap.scoop."""
-    import parmap.scoop
-
     for name in _PUBLIC:
         target = "parmap." + name
         sys.modules[name] = sys.modules.get(target, parmap.scoop)
@@ -155,8 +153,6 @@ def run_script(path: str, args: Sequence[str]) -> int:
     Raises:
         SystemExit: the script called ``sys.exit()``.
     """
-    from parmap.scoop import _runtime
-
     try:
         with open(path, "rb") as file:
             source = file.read()

@@ -263,8 +263,8 @@ class Future(cf.Future[Any]):
             inCallbackType: accepted for SCOOP compatibility; ignored.
             inCallbackGroup: accepted for SCOOP compatibility; ignored.
         """
-        if self._in_callback():
-            fn(self)
+        if self._in_callback():  # added by a callback: the future is done for it
+            self._call(fn)
             return
         super().add_done_callback(fn)
 
@@ -279,15 +279,18 @@ class Future(cf.Future[Any]):
             if not callbacks:
                 break
             for callback in callbacks:
-                try:
-                    callback(self)
-                except Exception:
-                    log.exception("parmap.scoop: exception calling callback for %r", self)
+                self._call(callback)
         self._finishing = None
         if exc is None:
             self.set_result(result)
         else:
             self.set_exception(exc)
+
+    def _call(self, callback: Callable[[Future], object]) -> None:
+        try:
+            callback(self)
+        except Exception:  # as concurrent.futures does (SCOOP ignores them silently)
+            log.exception("parmap.scoop: exception calling callback for %r", self)
 
     def _in_callback(self) -> bool:
         return self._finishing == threading.get_ident()
