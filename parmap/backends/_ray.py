@@ -33,6 +33,8 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -47,6 +49,7 @@ from parmap import _worker
 from parmap._errors import WorkerCrashedError
 from parmap._serialization import loads
 from parmap._worker import CallSpec, run_batch
+from parmap.backends import _ray_reaper
 from parmap.backends._base import Backend, Locator, default_workers
 
 __all__ = ["RayBackend", "RayLocator"]
@@ -152,6 +155,7 @@ class RayBackend(Backend):
         super().__init__(workers, **options)
         self._lock = threading.RLock()
         self._owns_ray = False
+        self._reaper: subprocess.Popen[bytes] | None = None
         self._connected_to: str | None = None
         self._cpus = 0
         self._prepared: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
@@ -186,13 +190,28 @@ class RayBackend(Backend):
 
     def _start_local(self) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        with _no_sigint_for_children():
+        self._stop_reaper()
+        before = _children()
+        with _no_sigint_for_children(), _loopback_only():
             ray.init(
+                address="local",  # a new instance, even if `ray start` runs on this machine
                 num_cpus=self.requested_workers or default_workers(),
                 include_dashboard=False,
                 logging_level=logging.ERROR,
             )
         self._owns_ray = True
+        self._reaper = _start_reaper(_children() - before)
+
+    def _stop_reaper(self) -> None:
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            with contextlib.suppress(OSError):
+                reaper.stdin.close()  # type: ignore[union-attr]
+            try:
+                reaper.wait(timeout=_ray_reaper._KILL_DEADLINE + 5)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+                reaper.wait()
 
     @property
     def workers(self) -> int:
@@ -274,6 +293,7 @@ class RayBackend(Backend):
             self._connected_to = None
             if owned and ray.is_initialized():
                 ray.shutdown()
+            self._stop_reaper()
 
 
 def _crash_message(exc: BaseException) -> str:
@@ -293,6 +313,64 @@ def _crash_message(exc: BaseException) -> str:
         "(segmentation fault), or the kernel's OOM killer are the usual causes; "
         "Ray's worker logs (python-core-worker-*.log) say more"
     )
+
+
+def _children() -> set[_ray_reaper.Process]:
+    """This process's children that run Ray's programs."""
+    found = set()
+    for pid, start in _ray_reaper.children(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                if b"/ray/" in file.read():
+                    found.add((pid, start))
+        except OSError:
+            pass
+    return found
+
+
+def _start_reaper(started: set[_ray_reaper.Process]) -> subprocess.Popen[bytes] | None:
+    """Start the process that stops these Ray processes when this one dies (Linux)."""
+    if not started or not os.path.isdir("/proc"):
+        return None
+    roots = [f"{pid}:{start}" for pid, start in sorted(started)]
+    return subprocess.Popen(
+        [sys.executable, "-I", _ray_reaper.__file__, *roots],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make the embedded instance listen and talk on 127.0.0.1 only.
+
+    By default Ray binds its servers to every interface and advertises the
+    machine's network address, even for a single-machine instance that nobody
+    else should reach. Ray's own single-node mode (ray-project/ray#18730, used
+    on macOS and Windows) keeps to the loopback address; it is selected by
+    ``$RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which the processes Ray starts read
+    from their environment and this process read when it imported Ray.
+    """
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        yield  # another Ray layout: keep its defaults
+        return
+    saved_env = os.environ.get(_SINGLE_NODE_VAR)
+    saved_flag = constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_NODE_VAR] = "0"
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_SINGLE_NODE_VAR, None)
+        else:
+            os.environ[_SINGLE_NODE_VAR] = saved_env
+
+
+_SINGLE_NODE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @contextlib.contextmanager
