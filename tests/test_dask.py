@@ -123,9 +123,10 @@ def test_share_is_broadcast_once(census):
     for _ in range(3):
         assert parmap.parmap(size, range(8), backend="dask", chunksize=1) == [2_000_000] * 8
     client = live_dask_backend().client
-    held = {k: v for k, v in client.who_has().items() if str(k).startswith("parmap-share-")}
-    assert len(held) == 1, held
-    assert set(next(iter(held.values()))) == set(client.nthreads())
+    names = [name for name in client.list_datasets() if name.startswith("parmap-share-")]
+    assert len(names) == 1, names  # published once, not once per call
+    value = client.get_dataset(names[0])
+    assert set(client.who_has(value)[value.key]) == set(client.nthreads())  # on every worker
 
 
 def test_default_client_is_used_and_left_open(census):
@@ -306,6 +307,10 @@ def test_connects_by_address_argument(scheduler_address, census):
                           backend="dask") == [2 * i for i in range(50)]  # fmt: skip
     facts = live_dask_backend().describe()
     assert facts["scheduler"] == scheduler_address and facts["workers"] == 2
+    parmap.shutdown()
+    with distributed.Client(scheduler_address) as client:  # nothing of ours stays behind
+        assert not [n for n in client.list_datasets() if str(n).startswith("parmap-share-")]
+        assert not client.who_has()
 
 
 def test_remote_worker_crash_is_a_worker_crashed_error(scheduler_address):

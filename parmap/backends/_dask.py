@@ -107,31 +107,26 @@ class _Prepared:
 class _Published:
     """A ``share()`` value; the blob is kept to send it again to a new or restarted cluster."""
 
-    key: str
+    name: str  # of the Dask dataset that names the value's current future
     blob: bytes
     future: distributed.Future  # holds the value on the cluster of future.client
 
 
 class DaskLocator(Locator):
-    """Finds a broadcast ``share()`` value in the worker's memory, or fetches it from a peer."""
+    """Finds a ``share()`` value by its dataset name (in the worker's memory, or a peer's)."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def load(self) -> Any:
-        worker = distributed.get_worker()
-        blob: Any
+        client = distributed.get_client()  # on a worker: its own client, made once
         try:
-            blob = worker.data[self.key]
-        except KeyError:  # this worker joined (or restarted) after the broadcast
-            future: distributed.Future[Any] = distributed.Future(self.key, distributed.get_client())
-            try:
-                blob = future.result(timeout=SHARED_FETCH_TIMEOUT)
-            except Exception as exc:
-                raise RuntimeError(
-                    f"the parmap.share() value {self.key} is not on this Dask cluster "
-                    f"({exc!r}); was the cluster restarted by someone else?"
-                ) from exc
+            blob = client.get_dataset(self.name).result(timeout=SHARED_FETCH_TIMEOUT)
+        except Exception as exc:
+            raise RuntimeError(
+                f"the parmap.share() value {self.name} is not on this Dask cluster ({exc!r}); "
+                "was it restarted by someone else? Run the call again"
+            ) from exc
         return loads(blob)
 
 
@@ -229,22 +224,23 @@ class DaskBackend(Backend):
     def publish(self, token: str, blob: bytes) -> Locator:
         with self._lock:
             client = self._resolve().client
-            key = f"parmap-share-{token}"
-            self._published[key] = _Published(key, blob, _broadcast(client, key, blob))
-            return DaskLocator(key)
+            name = f"parmap-share-{token}"
+            self._published[name] = _Published(name, blob, _broadcast(client, name, blob))
+            return DaskLocator(name)
 
     def _republish(self, session: _Session) -> None:
         """Broadcast the shared values that are not on this call's cluster (any more).
 
         After workers were killed, the scheduler may have lost every copy of a value
-        before our futures hear of it, so then every value is sent again.
+        before our futures hear of it, so then every value is sent again (under a new
+        key: the dataset's name is what workers look up).
         """
         with self._lock:
             killed, self._workers_killed = self._workers_killed, False
             for entry in self._published.values():
                 here = entry.future.client is session.client and entry.future.status == "finished"
                 if killed or not here:
-                    entry.future = _broadcast(session.client, entry.key, entry.blob)
+                    entry.future = _broadcast(session.client, entry.name, entry.blob)
 
     def describe(self) -> dict[str, Any]:
         session = self._session
@@ -261,7 +257,11 @@ class DaskBackend(Backend):
         with self._lock:
             owned = [s for s in (self._connected, self._embedded) if s is not None]
             self._session = self._connected = self._embedded = None
-            self._published.clear()  # drops our futures: the scheduler forgets the values
+            published, self._published = list(self._published.values()), {}
+        for entry in published:  # a dataset outlives its client: unpublish it
+            with contextlib.suppress(Exception):
+                if entry.future.client.status == "running":
+                    entry.future.client.unpublish_dataset(entry.name)
         for session in owned:
             _close(session)
 
@@ -447,8 +447,11 @@ def _kill_workers(session: _Session, addresses: set[str]) -> None:
         time.sleep(0.01)
 
 
-def _broadcast(client: distributed.Client, key: str, blob: bytes) -> distributed.Future:
-    return client.scatter({key: blob}, broadcast=True, hash=False)[key]
+def _broadcast(client: distributed.Client, name: str, blob: bytes) -> distributed.Future:
+    """Send ``blob`` to every worker; publish it as dataset ``name`` for later workers."""
+    future = client.scatter(blob, broadcast=True, hash=False)
+    client.publish_dataset(future, name=name, override=True)
+    return future
 
 
 def _default_client() -> distributed.Client | None:
