@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import secrets
 import signal
 import socket
@@ -138,7 +139,7 @@ def size_of(value) -> int:
     return len(spec.fn or b"") + len(spec.initializer or b"")
 
 
-def test_function_is_put_once_and_tasks_carry_no_copy(monkeypatch):
+def test_a_large_function_is_put_once_and_tasks_carry_no_copy(monkeypatch):
     big = os.urandom(2_000_000)
 
     def fn(i):
@@ -151,8 +152,20 @@ def test_function_is_put_once_and_tasks_carry_no_copy(monkeypatch):
     assert first == second == list(big[:200])
     assert len(sizes) == 1, f"expected one put of the function for two calls, got {sizes}"
     assert sizes[0] > len(big)
-    prepared = backend().prepare(CallSpec("token", b"blob", False, "init", b"init blob"))
-    assert prepared.light == CallSpec("token", None, False, "init", None)
+    prepared = backend().prepare(CallSpec("token", big, False, "init", b"init blob"))
+    light, shares = pickle.loads(prepared.head)
+    assert light == CallSpec("token", None, False, "init", None) and shares == ()
+    assert len(prepared.head) < 1000 and prepared.holder is not None
+
+
+def test_a_small_function_rides_along_with_each_task(monkeypatch):
+    parmap.parmap(funcs.square, range(4), backend="ray")
+    with counting_puts(monkeypatch) as sizes:
+        assert parmap.parmap(funcs.square, range(200), backend="ray", chunksize=5) == oracle(200)
+    assert sizes == [], "a small function went through the object store"
+    prepared = backend().prepare(CallSpec("token", b"fn blob", False))
+    assert pickle.loads(prepared.head) == (CallSpec("token", b"fn blob", False), ())
+    assert prepared.holder is None
 
 
 def test_share_value_goes_to_the_object_store_once(monkeypatch):

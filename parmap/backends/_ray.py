@@ -10,11 +10,14 @@ Connecting, on the first call::
 
 One call::
 
-    prepare(spec)   ray.put((spec, share refs)) once per distinct function, cached;
-                    tasks carry only a small token-only spec plus that ref, nested
-                    so Ray does not fetch it: a worker gets the function the first
-                    time it meets it (parmap._worker caches it by digest)
-    submit(batch)   _execute.remote(light spec, [ref], items) -> ObjectRef.future()
+    prepare(spec)   pickle the call's spec once. A small function (< 64 KiB) rides
+                    along with each task: copying a few KiB is cheaper than any
+                    object-store round trip, and workers unpickle it once (by
+                    digest). A large one, or shared values, go to the object
+                    store once (ray.put, cached across calls); tasks carry the
+                    ref nested in a list, so Ray does not fetch it for them: a
+                    worker fetches it only when it lacks something
+    submit(batch)   _execute.remote(head, [ref] or None, items) -> ObjectRef.future()
     wait            short cf.wait slices, so Ctrl-C is seen at once (a signal may
                     land on one of Ray's threads, leaving a plain wait blocked)
     cancel          ray.cancel(force=stop_running): force kills the running worker
@@ -32,6 +35,7 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -58,6 +62,9 @@ log = logging.getLogger("parmap")
 
 _WAIT_SLICE = 0.25  # seconds; the longest a Ctrl-C waits to be noticed
 _PREPARED_CACHE_SIZE = 8
+_INLINE_LIMIT = (
+    64 * 1024
+)  # bytes of function that ride along with each task (Ray inlines < 100 KiB)
 _CRASHES = (
     rex.WorkerCrashedError,
     rex.NodeDiedError,
@@ -73,10 +80,11 @@ _CRASHES = (
 _batch_refs: dict[str, Any] = {}  # share() token -> ObjectRef, while a batch runs
 
 
-def _execute(light: CallSpec, shares: tuple[str, ...], holder: list[Any], items: bytes) -> bytes:
-    """The Ray task: run one batch, fetching the call's function only if not cached here."""
-    spec, refs = light, {}
-    if _needs_bundle(light, shares):
+def _execute(head: bytes, holder: list[Any] | None, items: bytes) -> bytes:
+    """The Ray task: run one batch; fetch the call's bundle only if this worker lacks it."""
+    spec, shares = pickle.loads(head)
+    refs: dict[str, Any] = {}
+    if holder is not None and _needs_bundle(spec, shares):
         spec, refs = ray.get(holder[0])
     _batch_refs.update(refs)
     try:
@@ -86,11 +94,15 @@ def _execute(light: CallSpec, shares: tuple[str, ...], holder: list[Any], items:
             _batch_refs.pop(token, None)
 
 
-def _needs_bundle(light: CallSpec, shares: tuple[str, ...]) -> bool:
+def _needs_bundle(spec: CallSpec, shares: tuple[str, ...]) -> bool:
     """Whether this worker lacks the function, the initializer's run or a shared value."""
     return (
-        light.fn_token not in _worker._functions
-        or (light.init_token is not None and light.init_token not in _worker._initialized)
+        (spec.fn is None and spec.fn_token not in _worker._functions)
+        or (
+            spec.init_token is not None
+            and spec.initializer is None
+            and spec.init_token not in _worker._initialized
+        )
         or any(token not in _worker.shared_values for token in shares)
     )
 
@@ -140,9 +152,17 @@ def _collected_refs() -> list[tuple[str, Any]]:
 
 @dataclass(frozen=True)
 class _Prepared:
-    light: CallSpec
-    shares: tuple[str, ...]
-    holder: list[Any]
+    """What every task of one call carries besides its items.
+
+    ``head`` is the pickled ``(CallSpec, share tokens)``: the whole spec when
+    the function is small, else the spec without the function's bytes.
+    ``holder`` is ``[ObjectRef]`` of ``(whole spec, share refs)`` when a
+    worker may have to fetch something (a large function, shared values),
+    else None. The ref is nested in a list so Ray passes it without fetching.
+    """
+
+    head: bytes
+    holder: list[Any] | None
 
 
 class RayBackend(Backend):
@@ -227,7 +247,16 @@ class RayBackend(Backend):
         refs = dict(_collected_refs())
         _collected_refs().clear()
         shares = tuple(sorted(refs))
-        key = (spec.fn_token, spec.init_token, shares)
+        small = len(spec.fn) + len(spec.initializer or b"") <= _INLINE_LIMIT
+        if small and not shares:
+            return _Prepared(pickle.dumps((spec, ()), protocol=5), None)
+        light = spec if small else CallSpec(spec.fn_token, None, spec.star, spec.init_token, None)
+        head = pickle.dumps((light, shares), protocol=5)
+        return _Prepared(head, self._bundle(spec, refs))
+
+    def _bundle(self, spec: CallSpec, refs: dict[str, Any]) -> list[Any]:
+        """``[ray.put((spec, refs))]``, put once per distinct spec and shares (LRU)."""
+        key = (spec.fn_token, spec.init_token, tuple(sorted(refs)))
         with self._lock:
             holder = self._prepared.get(key)
             if holder is None:
@@ -236,11 +265,10 @@ class RayBackend(Backend):
                     self._prepared.popitem(last=False)
             else:
                 self._prepared.move_to_end(key)
-        light = CallSpec(spec.fn_token, None, spec.star, spec.init_token, None)
-        return _Prepared(light, shares, holder)
+            return holder
 
     def submit(self, prepared: _Prepared, items: bytes) -> cf.Future[Any]:
-        ref = _remote_execute.remote(prepared.light, prepared.shares, prepared.holder, items)
+        ref = _remote_execute.remote(prepared.head, prepared.holder, items)
         future = ref.future()
         future._parmap_ref = ref  # type: ignore[attr-defined]
         return future
