@@ -23,7 +23,7 @@ QUICK: dict[str, Any] = {
     "payload_sizes": [100, 10_000, 1_000_000],
     "payload_counts": [100],
     "repeats": 3,
-    "cell_budget": 1.0,
+    "cell_budget": 0.5,
     "ray_cap": 500,
 }
 FULL: dict[str, Any] = {
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cell-budget",
         type=_positive_float,
         metavar="SECONDS",
-        help="skip cells with more serial work than this (quick: 1, full: 4)",
+        help="skip cells with more serial work than this (quick: 0.5, full: 4)",
     )
     add("--no-plots", action="store_true", help="do not draw the PNG plots")
     add("--no-progress", action="store_true", help="no progress bar")

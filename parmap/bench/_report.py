@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from parmap.backends._base import default_workers
-from parmap.bench._summary import Summary, workload_of
+from parmap.bench._summary import Summary, quality, workload_of
 from parmap.bench._sweep import Row, SweepResult, Workload, format_bytes, format_seconds
 from parmap.bench.model import save_models
 
@@ -147,7 +147,7 @@ def _jsonable(value: Any) -> Any:
 CSV_FIELDS = (
     "target", "kind", "workload", "param", "label", "n_items", "n_measured", "scaled",
     "item_bytes", "per_item_cost", "serial_seconds", "seconds", "measured_seconds",
-    "speedup", "workers", "times",
+    "speedup", "workers", "times", "serial_times",
 )  # fmt: skip
 
 
@@ -157,7 +157,8 @@ def _write_csv(path: Path, rows: Sequence[Row]) -> Path:
         writer.writerow(CSV_FIELDS)
         for row in rows:
             values = [getattr(row, name) for name in CSV_FIELDS]
-            values[-1] = ";".join(f"{t:.6g}" for t in row.times)
+            values[-2] = ";".join(f"{t:.6g}" for t in row.times)
+            values[-1] = ";".join(f"{t:.6g}" for t in row.serial_times)
             writer.writerow(values)
     return path
 
@@ -333,16 +334,18 @@ def markdown(
         f"Load average before/after: {_loads(result.load_before)} / {_loads(result.load_after)}. "
         "Packages: " + ", ".join(f"{k} {v}" for k, v in machine["packages"].items() if v) + ".",
         "",
-        f"Workers: {config.workers}; each figure is the median of {config.repeats} warm calls "
+        f"Workers: {config.workers}; each time is the median of {config.repeats} warm calls "
         "(pools started, function cost learned); cold starts are in their own table. "
         "**Speed-up** = time of plain serial `list(map(fn, items))` / time of the target "
-        "(above 1 is faster than serial). `*` = measured on fewer items and scaled.",
+        "(above 1 is faster than serial), the median of the ratios of serial and target "
+        "calls timed one right after the other, so a burst of other load slows both. "
+        "`*` = measured on fewer items and scaled.",
     ]
     if result.interrupted:
         parts += ["", "> **Interrupted (Ctrl-C): the tables show only what was measured.**"]
-    caution = busy_warning(result, machine["cpus_usable"])
-    if caution:
-        parts += ["", f"> **{caution}**"]
+    warning = caution(result, machine["cpus_usable"])
+    if warning:
+        parts += ["", f"> **{warning}**"]
     parts += _crossover_section(summary)
     parts += ["", "## Speed-up over serial map", ""]
     headers = ["workload", "items", "serial map", *summary.targets]
@@ -353,8 +356,25 @@ def markdown(
     if images:
         parts += ["", "## Plots", ""]
         parts += [f"![{p.stem}]({p.name})" for p in images]
+    parts += _quality_section(result, machine["cpus_usable"])
     parts += _problems_section(result)
     return "\n".join(parts) + "\n"
+
+
+def _quality_section(result: SweepResult, cpus: int) -> list[str]:
+    q = quality(result, cpus)
+    serial = "not measured" if q.serial_range is None else "{:.2f}x-{:.2f}x".format(*q.serial_range)
+    return [
+        "",
+        "## Measurement quality",
+        "",
+        f"- load average before / after: {_loads(result.load_before)} / "
+        f"{_loads(result.load_after)} on {cpus} CPUs (our own workers add up to {cpus})",
+        f"- parmap's serial backend vs serial map on cells of 5 ms or more: {serial} "
+        "(same work, in-process: the spread is this run's noise)",
+        f"- cells with a speed-up above the worker count (impossible): {len(q.impossible)}",
+        f"- cells whose repeated serial calls varied by more than 1.5x: {q.noisy} of {q.cells}",
+    ]
 
 
 def _loads(values: Sequence[float]) -> str:
@@ -470,14 +490,15 @@ def _problems_section(result: SweepResult) -> list[str]:
     return parts
 
 
-def busy_warning(result: SweepResult, cpus: int) -> str:
-    """A caution when the machine was already loaded before the run started, else ''."""
-    if not result.load_before or result.load_before[0] <= 0.5 * cpus:
+def caution(result: SweepResult, cpus: int) -> str:
+    """A warning when the run looks disturbed by other work, else ''."""
+    notes = quality(result, cpus).cautions()
+    if not notes:
         return ""
     return (
-        f"Caution: the machine was already busy when the run started (load average "
-        f"{result.load_before[0]:.1f} on {cpus} CPUs); other work skews the figures. "
-        "Rerun when it is quiet."
+        "Caution: other work on the machine probably skewed these figures: "
+        + "; ".join(notes)
+        + ". Rerun when the machine is quiet."
     )
 
 
@@ -502,9 +523,9 @@ def text_summary(result: SweepResult, summary: Summary, out: Path) -> str:
         lines.append(f"failed: {failure['target']} ({failure['stage']}): {failure['error'][:200]}")
     if result.warnings:
         lines.append(f"{len(result.warnings)} distinct warning(s) while measuring: see the report")
-    caution = busy_warning(result, default_workers())
-    if caution:
-        lines += [caution, ""]
+    warning = caution(result, default_workers())
+    if warning:
+        lines += [warning, ""]
     best = _best_summary(result)
     if best:
         lines += [best, ""]

@@ -13,7 +13,7 @@ from parmap.bench._sweep import Row, SweepResult, Workload
 from parmap.bench.analysis import Crossover, Observation, Residual, crossover, fit_model, residuals
 from parmap.bench.model import OverheadModel
 
-__all__ = ["Summary", "summarize"]
+__all__ = ["Quality", "Summary", "quality", "summarize"]
 
 
 @dataclass
@@ -142,3 +142,71 @@ def _fit(summary: Summary, target: str, rows: Sequence[Row], info: dict[str, obj
 def _bytes(rows: Sequence[Row], workload: Workload) -> float:
     sizes = [r.item_bytes for r in rows if workload_of(r) == workload]
     return float(statistics.mean(sizes)) if sizes else 0.0
+
+
+@dataclass
+class Quality:
+    """How much to trust a run: signs that other work disturbed the timings.
+
+    Attributes:
+        cpus: the usable CPUs.
+        load_before: the 1-minute load average when the run started.
+        impossible: cells whose speed-up exceeds the target's worker count by
+            more than 15% (impossible for CPU-bound Python: the serial side was slowed).
+        serial_range: min and max speed-up of parmap's ``serial`` backend on
+            cells of at least 5 ms (it does the same work in-process: ideally 1.0).
+        noisy: cells whose repeated serial calls differ by more than 1.5x.
+        cells: the cells measured (all targets).
+    """
+
+    cpus: int
+    load_before: float | None
+    impossible: list[str]
+    serial_range: tuple[float, float] | None
+    noisy: int
+    cells: int
+
+    def cautions(self) -> list[str]:
+        """One sentence per sign of disturbance (empty when the run looks clean)."""
+        notes = []
+        if self.load_before is not None and self.load_before > 0.5 * self.cpus:
+            notes.append(
+                f"the machine was already busy when the run started (load average "
+                f"{self.load_before:.1f} on {self.cpus} CPUs)"
+            )
+        if self.impossible:
+            notes.append(
+                f"{len(self.impossible)} cell(s) show a speed-up above the worker count, "
+                f"impossible for this CPU-bound work (e.g. {self.impossible[0]})"
+            )
+        if self.serial_range and (self.serial_range[0] < 0.85 or self.serial_range[1] > 1.15):
+            low, high = self.serial_range
+            notes.append(
+                f"parmap's serial backend, which does the same work in-process, measured "
+                f"{low:.2f}x-{high:.2f}x of serial map (ideally 1.00x)"
+            )
+        if self.noisy > max(2, self.cells // 10):
+            notes.append(f"{self.noisy} of {self.cells} cells had serial times varying by >1.5x")
+        return notes
+
+
+def quality(result: SweepResult, cpus: int) -> Quality:
+    """Look for signs that other work on the machine disturbed the run."""
+    measured = [r for r in result.rows if r.kind != "reference"]
+    impossible = [
+        f"{r.target} {r.speedup:.2f}x on {r.label} x {r.n_items:,}"
+        for r in measured
+        if r.speedup > 1.15 * max(1, r.workers)
+    ]
+    heavy = [r.speedup for r in measured if r.target == "serial" and r.serial_seconds >= 5e-3]
+    noisy = sum(
+        1 for r in result.rows if r.serial_times and max(r.serial_times) > 1.5 * min(r.serial_times)
+    )
+    return Quality(
+        cpus=cpus,
+        load_before=result.load_before[0] if result.load_before else None,
+        impossible=impossible,
+        serial_range=(min(heavy), max(heavy)) if heavy else None,
+        noisy=noisy,
+        cells=len(result.rows),
+    )

@@ -120,7 +120,11 @@ class SweepConfig:
 
 @dataclass
 class Row:
-    """One target's median time on one cell."""
+    """One target's median time on one cell.
+
+    ``serial_times`` are serial ``map`` calls timed each just before one of
+    ``times``; ``speedup`` is the median of their pairwise ratios.
+    """
 
     target: str
     kind: str
@@ -138,6 +142,7 @@ class Row:
     speedup: float
     workers: int
     times: list[float]
+    serial_times: list[float]
 
 
 @dataclass
@@ -352,10 +357,20 @@ class _Sweep:
             items, expected = items[: target.item_cap], expected[: target.item_cap]
         if warmup or data.serial_seconds < 0.1:
             _check(target, target.run(data.fn, items), expected, cell.workload.label)
-        times = _times(target, data.fn, items, self.config.repeats, expected, self._long_call)
-        measured = statistics.median(times)
-        seconds = measured * cell.n_items / len(items)
-        return self._row(target, cell, data, len(items), measured, seconds, times)
+        serial, times = _paired(
+            target, data.fn, items, expected, self.config.repeats, self._long_call
+        )
+        scale = cell.n_items / len(items)
+        return Row(
+            **self._cell_fields(target, cell, data, len(items)),
+            per_item_cost=statistics.median(serial) / len(items),
+            serial_seconds=statistics.median(serial) * scale,
+            seconds=statistics.median(times) * scale,
+            measured_seconds=statistics.median(times),
+            speedup=statistics.median(_ratios(serial, times)),
+            times=times,
+            serial_times=serial,
+        )
 
     @property
     def _long_call(self) -> float:
@@ -371,36 +386,32 @@ class _Sweep:
         size = len(pickle.dumps(items[0], protocol=5))
         data = _CellData(fn, items, expected, serial, size)
         self.data[cell] = data
-        return self._row(target, cell, data, len(items), serial, serial, times)
-
-    def _row(
-        self,
-        target: Target,
-        cell: Cell,
-        data: _CellData,
-        n_measured: int,
-        measured: float,
-        seconds: float,
-        times: list[float],
-    ) -> Row:
         return Row(
-            target=target.name,
-            kind=target.kind,
-            workload=cell.workload.kind,
-            param=cell.workload.param,
-            label=cell.workload.label,
-            n_items=cell.n_items,
-            n_measured=n_measured,
-            scaled=n_measured < cell.n_items,
-            item_bytes=data.item_bytes,
-            per_item_cost=data.serial_seconds / cell.n_items,
-            serial_seconds=data.serial_seconds,
-            seconds=seconds,
-            measured_seconds=measured,
-            speedup=data.serial_seconds / seconds if seconds > 0 else float("inf"),
-            workers=target.workers,
+            **self._cell_fields(target, cell, data, len(items)),
+            per_item_cost=serial / len(items),
+            serial_seconds=serial,
+            seconds=serial,
+            measured_seconds=serial,
+            speedup=1.0,
             times=times,
+            serial_times=times,
         )
+
+    def _cell_fields(
+        self, target: Target, cell: Cell, data: _CellData, n_measured: int
+    ) -> dict[str, Any]:
+        return {
+            "target": target.name,
+            "kind": target.kind,
+            "workload": cell.workload.kind,
+            "param": cell.workload.param,
+            "label": cell.workload.label,
+            "n_items": cell.n_items,
+            "n_measured": n_measured,
+            "scaled": n_measured < cell.n_items,
+            "item_bytes": data.item_bytes,
+            "workers": target.workers,
+        }
 
 
 def _distinct(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -444,6 +455,38 @@ def _times(
         if times[-1] > long_call:
             break
     return times
+
+
+def _paired(
+    target: Target,
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    expected: list[Any],
+    repeats: int,
+    long_call: float,
+) -> tuple[list[float], list[float]]:
+    """Seconds of serial ``map`` and of the target, call after call (pairs close in time).
+
+    A burst of other load then slows both sides of a pair, not only one.
+    """
+    serial: list[float] = []
+    times: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        list(map(fn, items))
+        serial.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        results = target.run(fn, items)
+        times.append(time.perf_counter() - start)
+        if len(times) == 1:
+            _check(target, results, expected, "sweep")
+        if serial[-1] + times[-1] > long_call:
+            break
+    return serial, times
+
+
+def _ratios(serial: list[float], times: list[float]) -> list[float]:
+    return [s / max(t, 1e-12) for s, t in zip(serial, times, strict=True)]
 
 
 def _check(target: Target, results: list[Any], expected: list[Any], where: str) -> None:
