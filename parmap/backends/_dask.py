@@ -307,7 +307,7 @@ class DaskBackend(Backend):
             self._connected = None
             _close(current)
         try:
-            client = distributed.Client(address, set_as_default=False)
+            client = _quick(distributed.Client(address, set_as_default=False))
         except OSError as exc:
             raise ConnectionError(
                 f"could not connect to {origin}: {exc}. Start one with `dask scheduler` and "
@@ -328,11 +328,25 @@ class DaskBackend(Backend):
         with dask.config.set(_EMBEDDED_CONFIG):
             cluster = _start_local_cluster(workers)
             client = distributed.Client(cluster, set_as_default=False, direct_to_workers=True)
+        _quick(client)
         client.register_plugin(_IgnoreSigint())
         seconds = time.perf_counter() - started
         log.debug("parmap: started a Dask LocalCluster of %d workers in %.2f s", workers, seconds)
         self._embedded = _Session(client, "an embedded Dask LocalCluster", workers, cluster=cluster)
         return self._embedded
+
+
+def _quick(client: distributed.Client) -> distributed.Client:
+    """Let a client parmap owns send to the scheduler every 1 ms, not every 10 ms.
+
+    Back-to-back calls otherwise wait for the interval, hard-coded in Client, before
+    their first batch leaves: 20 -> 15 ms per small call here (dask/distributed#836
+    on round-trip latency). Skipped if the private attribute changes.
+    """
+    comm = getattr(client, "scheduler_comm", None)
+    if comm is not None and isinstance(getattr(comm, "interval", None), float):
+        comm.interval = 1e-3
+    return client
 
 
 def _start_local_cluster(workers: int) -> distributed.LocalCluster:
