@@ -15,7 +15,7 @@ import pytest
 
 from parmap.bench import main, workloads
 from parmap.bench.analysis import Observation, crossover, fit_model, residuals, speedup
-from parmap.bench.model import (
+from parmap._model import (
     OverheadModel,
     batch_count,
     choose,

@@ -3,7 +3,7 @@
 <out>/results.json     config, machine, calibration, every row, cold starts, models
 <out>/results.csv      one line per (target, workload, item count)
 <out>/residuals.csv    each fitted model's prediction next to each measured point
-<out>/models.json      the fitted models (parmap.bench.model.load_models reads it)
+<out>/models.json      the fitted models (parmap._model.load_models reads it)
 <out>/report.md        the tables below and the plots
 <out>/*.png            see parmap.bench._plots
 """
@@ -25,7 +25,7 @@ from typing import Any
 from parmap.backends._base import default_workers
 from parmap.bench._summary import Summary, quality, workload_of
 from parmap.bench._sweep import Row, SweepResult, Workload, format_bytes, format_seconds
-from parmap.bench.model import save_models
+from parmap._model import save_models
 
 __all__ = ["machine_info", "text_summary", "write_outputs"]
 
@@ -436,7 +436,7 @@ def _model_section(summary: Summary) -> list[str]:
         "",
         "time ≈ fixed + per_item·n + per_byte·n·bytes + per_batch·batches + "
         "work_factor·cost·⌈n/workers⌉, fitted by non-negative least squares on relative "
-        "errors (`models.json` holds the constants; `parmap.bench.model.OverheadModel` "
+        "errors (`models.json` holds the constants; `parmap._model.OverheadModel` "
         "predicts with them). rms/max: relative error of the predictions over the "
         "measured points.",
         "",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from parmap.bench._sweep import Row, SweepResult, Workload
 from parmap.bench.analysis import Crossover, Observation, Residual, crossover, fit_model, residuals
-from parmap.bench.model import OverheadModel
+from parmap._model import OverheadModel
 
 __all__ = ["Quality", "Summary", "quality", "summarize"]
 

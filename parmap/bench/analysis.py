@@ -14,7 +14,7 @@ and the first winning grid point it is interpolated on log-log axes::
       │     ●   ●
       └───────────────────────  item count or per-item cost (log)
 
-Model fit: the constants of :class:`parmap.bench.model.OverheadModel` by
+Model fit: the constants of :class:`parmap._model.OverheadModel` by
 non-negative least squares on relative errors (every point counts the same,
 from microseconds to seconds), solved exactly for these five unknowns by
 trying each subset of them.
@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from parmap.bench.model import OverheadModel
+from parmap._model import OverheadModel
 
 __all__ = [
     "Crossover",
