@@ -4,6 +4,7 @@ faults, and a real scheduler with two workers started as separate processes."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -127,6 +128,23 @@ def test_share_is_broadcast_once(census):
     assert len(names) == 1, names  # published once, not once per call
     value = client.get_dataset(names[0])
     assert set(client.who_has(value)[value.key]) == set(client.nthreads())  # on every worker
+
+
+def test_callers_seeded_random_stream_is_left_alone(census):
+    """A seeded program (DEAP) draws the same numbers as under the serial backend."""
+    table = parmap.share(list(range(1_000)))
+
+    def draws(backend):
+        random.seed(42)
+        out = []
+        for _ in range(4):
+            out.append(random.random())
+            parmap.parmap(lambda i: table.value[i], range(300), backend=backend)
+            parmap.parmap(funcs.square, list(range(50)) * 3, backend=backend, chunksize=7)
+        return [*out, random.random()]
+
+    parmap.parmap(funcs.square, range(3), backend="dask")  # the cluster starts first
+    assert draws("dask") == draws("serial")
 
 
 def test_default_client_is_used_and_left_open(census):

@@ -30,6 +30,9 @@ the embedded workers that run it, since a Python thread cannot be interrupted,
 and their nannies start fresh ones. On a cluster parmap only connected to, the
 scheduler's own settings hold, and stopped batches are cancelled but a batch
 already running finishes on its worker.
+
+Dask code in the caller's process draws from its own random generator, not
+the global ``random`` a seeded program (DEAP) relies on: see ``_PrivateRandom``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import importlib
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -70,6 +75,48 @@ _EMBEDDED_CONFIG = {
     "distributed.scheduler.allowed-failures": 0,
     "distributed.worker.profile.enabled": False,
 }
+
+
+class _PrivateRandom:
+    """Stands in for the ``random`` module inside the Dask modules that run in the caller.
+
+    distributed draws from the global ``random`` in the caller's process (which
+    worker to gather a result from, replication, retry jitter; the embedded
+    scheduler lives there too), so a seeded program such as a DEAP run would draw
+    different numbers than under the serial backend. Its own generator leaves the
+    caller's stream alone; other names fall through to the real module.
+    """
+
+    def __init__(self) -> None:
+        self._rng = random.Random()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return getattr(self._rng, name)
+        except AttributeError:
+            return getattr(random, name)
+
+
+def _isolate_random() -> None:
+    private = _PrivateRandom()
+    for name in _MODULES_USING_RANDOM:
+        module = importlib.import_module(name)
+        if getattr(module, "random", None) is random:
+            module.random = private  # type: ignore[attr-defined]
+    compression = importlib.import_module("distributed.protocol.compression")
+    if getattr(compression, "randint", None) == random.randint:
+        compression.randint = private.randint  # type: ignore[attr-defined]
+
+
+_MODULES_USING_RANDOM = (
+    "dask.sizeof",
+    "distributed.comm.core",
+    "distributed.scheduler",
+    "distributed.utils_comm",
+    "distributed.worker",
+    "tornado.ioloop",
+)
+_isolate_random()
 
 
 @dataclass
