@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from parmap._model import save_models
 from parmap.backends._base import default_workers
 from parmap.bench._summary import Summary, quality, workload_of
 from parmap.bench._sweep import Row, SweepResult, Workload, format_bytes, format_seconds
-from parmap._model import save_models
 
 __all__ = ["machine_info", "text_summary", "write_outputs"]
 
@@ -373,7 +373,8 @@ def _quality_section(result: SweepResult, cpus: int) -> list[str]:
         f"- parmap's serial backend vs serial map on cells of 5 ms or more: {serial} "
         "(same work, in-process: the spread is this run's noise)",
         f"- cells with a speed-up above the worker count (impossible): {len(q.impossible)}",
-        f"- cells whose repeated serial calls varied by more than 1.5x: {q.noisy} of {q.cells}",
+        f"- cells of 1 ms or more whose repeated serial calls varied by more than 1.5x: "
+        f"{q.noisy} of {q.cells}",
     ]
 
 

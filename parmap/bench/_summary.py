@@ -9,9 +9,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from parmap._model import OverheadModel
 from parmap.bench._sweep import Row, SweepResult, Workload
 from parmap.bench.analysis import Crossover, Observation, Residual, crossover, fit_model, residuals
-from parmap._model import OverheadModel
 
 __all__ = ["Quality", "Summary", "quality", "summarize"]
 
@@ -155,8 +155,8 @@ class Quality:
             more than 15% (impossible for CPU-bound Python: the serial side was slowed).
         serial_range: min and max speed-up of parmap's ``serial`` backend on
             cells of at least 5 ms (it does the same work in-process: ideally 1.0).
-        noisy: cells whose repeated serial calls differ by more than 1.5x.
-        cells: the cells measured (all targets).
+        noisy: cells of 1 ms or more whose repeated serial calls differ by more than 1.5x.
+        cells: the cells of 1 ms or more (all targets).
     """
 
     cpus: int
@@ -199,14 +199,13 @@ def quality(result: SweepResult, cpus: int) -> Quality:
         if r.speedup > 1.15 * max(1, r.workers)
     ]
     heavy = [r.speedup for r in measured if r.target == "serial" and r.serial_seconds >= 5e-3]
-    noisy = sum(
-        1 for r in result.rows if r.serial_times and max(r.serial_times) > 1.5 * min(r.serial_times)
-    )
+    timed = [r.serial_times for r in result.rows if r.serial_times and min(r.serial_times) > 1e-3]
+    noisy = sum(1 for times in timed if max(times) > 1.5 * min(times))
     return Quality(
         cpus=cpus,
         load_before=result.load_before[0] if result.load_before else None,
         impossible=impossible,
         serial_range=(min(heavy), max(heavy)) if heavy else None,
         noisy=noisy,
-        cells=len(result.rows),
+        cells=len(timed),
     )
