@@ -89,7 +89,7 @@ def speedup_vs_cost(plt: Any, result: SweepResult, summary: Summary) -> Any:
                 (summary.measured_cost[workload_of(r)], r.speedup) for r in rows if r.n_items == n
             )
             if points:
-                ax.plot(*zip(*points, strict=True), "o-", color=color, label=f"{n:,} items", ms=4)
+                ax.plot(*zip(*points, strict=True), "o-", color=color, label=f"{n:,}", ms=4)
         ax.axhline(1.0, color="black", ls="--", lw=1)
         ax.set_yscale("log")
         ax.set_ylim(min(0.01, _floor(result)), top * 1.5)
@@ -98,7 +98,8 @@ def speedup_vs_cost(plt: Any, result: SweepResult, summary: Summary) -> Any:
         ax.set_xlabel("per-item cost (serial)")
         ax.set_ylabel("speed-up over serial map")
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].legend(fontsize=8, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=9, title="items")
     figure.suptitle("Speed-up vs per-item cost (above the dashed 1.0 line: faster than serial)")
     return figure
 
@@ -189,7 +190,7 @@ def crossover_curves(plt: Any, result: SweepResult, summary: Summary) -> Any:
     ax.set_ylabel("items needed to beat serial map")
     ax.axhspan(largest * 1.5, largest * 6, color="grey", alpha=0.15)
     ax.text(
-        costs[0], largest * 4.5, f"  ^ does not beat serial up to {largest:,} items",
+        costs[0], largest * 4.5, "  ^ does not beat serial even at the largest item count measured",
         fontsize=8, va="center",
     )  # fmt: skip
     ax.grid(True, which="major", alpha=0.3)
@@ -230,7 +231,7 @@ def payload(plt: Any, result: SweepResult, summary: Summary) -> Any:
     cost = format_seconds(result.config.payload_cost_us * 1e-6)
     ax.set_title(f"Serialization: ~{cost} of work per item, {', '.join(map(str, counts))} items")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     return figure
 
