@@ -1,16 +1,18 @@
 """Small helpers shared by the scripts in ``benchmarks/``.
 
 Each script measures its figures side by side in one run and prints them with
-``report`` (a ratio against a target, PASS/FAIL) so a reader sees at a glance
+``Checks`` (a ratio against a target, PASS/FAIL) so a reader sees at a glance
 what was met. Timing is wall-clock (``time.perf_counter``); the median of a few
-repeats is the figure, so one noisy run does not decide a verdict.
+repeats is the figure, so one noisy run does not decide a verdict. To compare
+two things, time them in turns (``interleaved``) and take the median of the
+round-by-round ratios (``paired_ratio``): a burst of other load then slows both.
 
-    from _common import Checks, header, median_time, time_call
+    from _common import Checks, header, interleaved, paired_ratio
 
     checks = Checks()
-    serial = median_time(lambda: list(map(fn, items)), repeats=5)
-    ours = median_time(lambda: parmap.parmap(fn, items, backend="loky"), repeats=5)
-    checks.at_most("loky / serial, 10 ms x 200", ours / serial, 0.53)
+    times = interleaved({"serial": lambda: list(map(fn, items)),
+                         "loky": lambda: parmap.parmap(fn, items, backend="loky")}, repeats=5)
+    checks.at_most("loky / serial, 10 ms x 200", paired_ratio(times["loky"], times["serial"]), 0.53)
     sys.exit(checks.summary())
 
 Run the scripts from the repository root (``python benchmarks/bench_core.py``);
@@ -34,8 +36,10 @@ __all__ = [
     "cpu_count",
     "fmt_seconds",
     "header",
+    "interleaved",
     "median",
     "median_time",
+    "paired_ratio",
     "ratio_line",
     "spin",
     "time_call",
@@ -89,6 +93,34 @@ def median(values: Sequence[float]) -> float:
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median seconds of ``repeats`` calls of ``fn()`` after ``warmup`` untimed ones."""
     return median(timings(fn, repeats, warmup))
+
+
+def interleaved(
+    calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds of each call, timed in turns (a, b, a, b, ...) so drifting load hits all alike.
+
+    Args:
+        calls: name -> a call to time.
+        repeats: timed rounds.
+        warmup: untimed rounds first.
+
+    Returns:
+        name -> the seconds of its ``repeats`` calls, round by round.
+    """
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times[name].append(time_call(call))
+    return times
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """The median of round-by-round ratios of two :func:`interleaved` series."""
+    return median([a / b for a, b in zip(numerator, denominator, strict=True) if b > 0])
 
 
 def spin(iterations: int) -> int:
