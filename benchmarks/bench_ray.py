@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 
+import _common  # noqa: E402
 import _ga  # noqa: E402
 import cloudpickle  # noqa: E402
 import onemax  # noqa: E402
@@ -43,7 +44,7 @@ from ray.util.multiprocessing import Pool  # noqa: E402
 
 import parmap  # noqa: E402
 
-for module in (_ga, onemax):  # workers cannot import examples/: ship its code by value
+for module in (_common, _ga, onemax):  # workers may not import these: ship them by value
     cloudpickle.register_pickle_by_value(module)  # (parmap's pickler)
     ray.cloudpickle.register_pickle_by_value(module)  # (Ray's, for the peer maps)
 

@@ -28,7 +28,7 @@ import threading
 import time
 
 _POLL_SECONDS = 1.0
-_KILL_DEADLINE = 5.0
+KILL_DEADLINE = 5.0
 
 Process = tuple[int, int]  # (pid, start time in clock ticks): a pid is reused, the pair is not
 
@@ -80,7 +80,7 @@ def family(roots: set[Process]) -> set[Process]:
     return found
 
 
-def kill(processes: set[Process], deadline: float = _KILL_DEADLINE) -> set[Process]:
+def kill(processes: set[Process], deadline: float = KILL_DEADLINE) -> set[Process]:
     """SIGKILL ``processes`` and wait until they are gone; return any left."""
     for pid, _ in processes:
         with contextlib.suppress(OSError):
