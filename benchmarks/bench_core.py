@@ -10,10 +10,15 @@ backend (multiprocessing and loky):
 - ~100 µs of pure Python x 5,000 items: <= 0.6x the serial time;
 - ~10 ms x 200 items: <= 0.53x the serial time;
 - the time of one call over 300 trivial items, median of 30 calls: <= 2.5 ms
-  (Pool.map, joblib and the serial backend are printed beside it);
+  (Pool.map, joblib and the serial backend are timed beside it);
 
 and the ``serial`` backend within 1.3x of ``list(map(fn, items))`` on the
 trivial workload.
+
+Every comparison times its two sides in turns (a, b, a, b, ...) and reports
+the median of the round-by-round ratios, so load from other work on the
+machine slows both sides alike. The Pool and joblib's workers stay started
+(idle) while parmap's run.
 
 Run from the repository root: ``python benchmarks/bench_core.py``
 (``--quick`` for fewer repeats). Exit status 0 when every check passes.
@@ -24,17 +29,21 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Checks, fmt_seconds, header, median_time, ratio_line
+from _common import Checks, fmt_seconds, header, interleaved, paired_ratio
 
 import parmap
 from parmap.backends._base import default_workers
 from parmap.bench import workloads
+
+TRIVIAL = list(range(100_000))
+SMALL = list(range(300))
 
 
 def square(x: int) -> int:
@@ -60,83 +69,104 @@ def _stop_joblib() -> None:
         executor.shutdown(wait=True, kill_workers=True)
 
 
-class Baselines:
-    """The baseline and serial times, measured once and shared by every backend's checks."""
-
-    def __init__(self, repeats: int, workers: int) -> None:
-        self.workers = workers
-        self.trivial = list(range(100_000))
-        self.small = list(range(300))
-        self.expected = list(map(square, self.trivial))
-        self.map = median_time(lambda: list(map(square, self.trivial)), repeats)
-        serial = lambda: parmap.parmap(square, self.trivial, backend="serial")  # noqa: E731
-        _same(serial(), self.expected, "serial backend")
-        self.serial = median_time(serial, repeats)
-        self.serial300 = median_time(
-            lambda: parmap.parmap(square, self.small, backend="serial"), 30
-        )
-        with multiprocessing.Pool(workers) as pool:
-            _same(pool.map(square, self.trivial), self.expected, "Pool.map")
-            self.pool = median_time(lambda: pool.map(square, self.trivial), repeats)
-            self.pool300 = median_time(lambda: pool.map(square, self.small), 30)
-        _same(_joblib(square, self.trivial, workers), self.expected, "joblib")
-        self.joblib = median_time(lambda: _joblib(square, self.trivial, workers), 3)
-        self.joblib300 = median_time(lambda: _joblib(square, self.small, workers), 30)
-        _stop_joblib()
+def _show(times: dict[str, list[float]]) -> str:
+    return ", ".join(f"{name} {fmt_seconds(statistics.median(t))}" for name, t in times.items())
 
 
-def check_serial(checks: Checks, base: Baselines) -> None:
-    print("\nserial backend, x*x x 100,000 items")
-    print(ratio_line("serial backend / list(map)", base.serial, base.map))
-    checks.at_most("serial backend / list(map), x*x x 100,000", base.serial / base.map, 1.3)
-
-
-def check_backend(
-    checks: Checks, backend: str, base: Baselines, cpu: dict[str, Any], repeats: int
-) -> None:
-    """The figures of one process backend, on a warm pool."""
-    w = base.workers
-
-    def run(fn: Callable[[Any], Any], items: list[Any]) -> Callable[[], list[Any]]:
-        return lambda: parmap.parmap(fn, items, backend=backend, workers=w)
-
-    print(f"\n{backend} ({w} workers, warm pool)")
-    _same(run(square, base.trivial)(), base.expected, backend)  # starts the pool, learns cost
-    trivial = median_time(run(square, base.trivial), repeats)
-    print(ratio_line(f"{backend} / Pool.map, x*x x 100,000", trivial, base.pool))
-    checks.at_most(f"{backend} / Pool.map, x*x x 100,000", trivial / base.pool, 1.2)
-    print(ratio_line(f"joblib / {backend}, x*x x 100,000", base.joblib, trivial))
-    checks.at_least(f"joblib loky / {backend}, x*x x 100,000", base.joblib / trivial, 20)
-    for name, target in (("100us", 0.6), ("10ms", 0.53)):
-        fn, items, serial, expected = cpu[name]
-        _same(run(fn, items)(), expected, backend)
-        seconds = median_time(run(fn, items), cpu["repeats"][name], warmup=0)
-        label = f"{backend} / serial, {cpu['labels'][name]}"
-        print(ratio_line(label, seconds, serial))
-        checks.at_most(label, seconds / serial, target)
-    per_call = median_time(run(square, base.small), 30)
-    print(
-        f"  one call, 300 trivial items (median of 30): {backend} {fmt_seconds(per_call)}; "
-        f"Pool.map {fmt_seconds(base.pool300)}, joblib {fmt_seconds(base.joblib300)}, "
-        f"serial backend {fmt_seconds(base.serial300)}"
+def check_serial(checks: Checks, repeats: int) -> None:
+    print("\nserial backend vs list(map), x*x x 100,000 items")
+    times = interleaved(
+        {
+            "list(map)": lambda: list(map(square, TRIVIAL)),
+            "serial backend": lambda: parmap.parmap(square, TRIVIAL, backend="serial"),
+        },
+        repeats,
     )
-    checks.at_most(f"{backend} ms per call, 300 trivial items", per_call * 1e3, 2.5)
-    parmap.shutdown(backend)
+    print("  medians:", _show(times))
+    ratio = paired_ratio(times["serial backend"], times["list(map)"])
+    checks.at_most("serial backend / list(map), x*x x 100,000", ratio, 1.3)
 
 
-def cpu_workloads(repeats: int) -> dict[str, Any]:
-    """The ~100 µs and ~10 ms pure-Python workloads and their serial times."""
+class Backend:
+    """One process backend's figures, beside the baselines (both warm)."""
+
+    def __init__(self, name: str, pool: Any, workers: int, repeats: int) -> None:
+        self.name = name
+        self.pool = pool
+        self.workers = workers
+        self.repeats = repeats
+
+    def call(self, fn: Callable[[Any], Any], items: list[Any]) -> Callable[[], list[Any]]:
+        return lambda: parmap.parmap(fn, items, backend=self.name, workers=self.workers)
+
+    def check(self, checks: Checks, cpu: dict[str, Any]) -> None:
+        print(f"\n{self.name} ({self.workers} workers, warm pool)")
+        _same(self.call(square, TRIVIAL)(), list(map(square, TRIVIAL)), self.name)
+        self.trivial(checks)
+        for name, target in (("100us", 0.6), ("10ms", 0.53)):
+            self.cpu_bound(checks, *cpu[name], target)
+        self.per_call(checks)
+
+    def trivial(self, checks: Checks) -> None:
+        times = interleaved(
+            {
+                self.name: self.call(square, TRIVIAL),
+                "Pool.map": lambda: self.pool.map(square, TRIVIAL),
+            },
+            self.repeats,
+        )
+        print("  x*x x 100,000:", _show(times))
+        ratio = paired_ratio(times[self.name], times["Pool.map"])
+        checks.at_most(f"{self.name} / Pool.map, x*x x 100,000", ratio, 1.2)
+        times = interleaved(
+            {
+                self.name: self.call(square, TRIVIAL),
+                "joblib": lambda: _joblib(square, TRIVIAL, self.workers),
+            },
+            3,
+        )
+        print("  x*x x 100,000:", _show(times))
+        ratio = paired_ratio(times["joblib"], times[self.name])
+        checks.at_least(f"joblib loky / {self.name}, x*x x 100,000", ratio, 20)
+
+    def cpu_bound(
+        self, checks: Checks, fn: Any, items: list[Any], repeats: int, target: float
+    ) -> None:
+        _same(self.call(fn, items)(), list(map(fn, items)), self.name)
+        times = interleaved(
+            {"serial": lambda: list(map(fn, items)), self.name: self.call(fn, items)},
+            repeats,
+            warmup=0,
+        )
+        per_item = statistics.median(times["serial"]) / len(items)
+        label = f"{self.name} / serial, {fmt_seconds(per_item)} x {len(items):,} items"
+        print(f"  {fmt_seconds(per_item)} x {len(items):,}:", _show(times))
+        checks.at_most(label, paired_ratio(times[self.name], times["serial"]), target)
+
+    def per_call(self, checks: Checks) -> None:
+        times = interleaved(
+            {
+                self.name: self.call(square, SMALL),
+                "Pool.map": lambda: self.pool.map(square, SMALL),
+                "joblib": lambda: _joblib(square, SMALL, self.workers),
+                "serial backend": lambda: parmap.parmap(square, SMALL, backend="serial"),
+            },
+            30,
+        )
+        print("  one call over 300 trivial items (median of 30):", _show(times))
+        seconds = statistics.median(times[self.name])
+        checks.at_most(f"{self.name} ms per call, 300 trivial items", seconds * 1e3, 2.5)
+
+
+def cpu_workloads(quick: bool) -> dict[str, Any]:
+    """The ~100 µs x 5,000 and ~10 ms x 200 pure-Python workloads (fn, items, repeats)."""
     per_us = workloads.calibrate()
-    cases = {"100us": (100.0, 5_000), "10ms": (10_000.0, 200)}
-    out: dict[str, Any] = {"labels": {}, "repeats": {"100us": repeats, "10ms": 3}}
-    for name, (cost_us, count) in cases.items():
-        fn = workloads.CpuFitness.for_cost(cost_us, per_us)
-        items = workloads.seeds(count)
-        expected = list(map(fn, items))
-        serial = median_time(lambda fn=fn, items=items: list(map(fn, items)), 3, warmup=0)
-        out[name] = (fn, items, serial, expected)
-        out["labels"][name] = f"{fmt_seconds(serial / count)} x {count:,} items"
-    return out
+    return {
+        "100us": (workloads.CpuFitness.for_cost(100.0, per_us), workloads.seeds(5_000),
+                  3 if quick else 5),
+        "10ms": (workloads.CpuFitness.for_cost(10_000.0, per_us), workloads.seeds(200),
+                 2 if quick else 3),
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,17 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 7
     workers = default_workers()
-    header(f"parmap core figures ({workers} workers, median of {repeats} warm calls)")
+    header(f"parmap core figures ({workers} workers, {repeats} interleaved rounds per ratio)")
     checks = Checks()
-    base = Baselines(repeats, workers)
-    print(
-        f"\nbaselines: list(map) {fmt_seconds(base.map)}, Pool.map {fmt_seconds(base.pool)}, "
-        f"joblib loky {fmt_seconds(base.joblib)} (x*x x 100,000)"
-    )
-    cpu = cpu_workloads(repeats)
-    check_serial(checks, base)
-    for backend in args.backends.split(","):
-        check_backend(checks, backend.strip(), base, cpu, repeats)
+    cpu = cpu_workloads(args.quick)
+    check_serial(checks, repeats)
+    with multiprocessing.Pool(workers) as pool:
+        pool.map(square, SMALL)  # started
+        for name in args.backends.split(","):
+            Backend(name.strip(), pool, workers, repeats).check(checks, cpu)
+            parmap.shutdown(name.strip())
+    _stop_joblib()
     return checks.summary()
 
 
