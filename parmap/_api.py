@@ -6,7 +6,7 @@ One item's journey::
       │ resolve the backend (argument > config() > $PARMAP_BACKEND > default)
       │ serialize fn once (cloudpickle; share() handles publish their value)
       ▼
-    _Call.results()  ── the loop below, the only scheduler in parmap ──┐
+    _Call.batches()  ── the loop below, the only scheduler in parmap ──┐
       │ read the next batch from the input (size from _batching.Batcher) │
       │ backend.submit(spec, batch)  while the window has room            │
       │ backend.wait(in_flight)      until one batch is done              │
@@ -24,24 +24,26 @@ stopped too.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import itertools
 import logging
 import operator
 import reprlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from parmap import _config, _registry, _worker
-from parmap._batching import Batcher
+from parmap import _auto, _config, _registry, _worker
+from parmap._batching import Batcher, read_items
 from parmap._errors import (
     RemoteTraceback,
     SerializationError,
     TimeoutError,
     WorkerCrashedError,
     WorkerInitializationError,
+    add_note,
 )
 from parmap._serialization import digest, dumps, dumps_function, loads
 from parmap._share import publishing
@@ -108,7 +110,7 @@ def parmap(
     call = _Call.create(
         fn, _zip(iterables), locals(), star=len(iterables) > 1, total=_total(iterables)
     )
-    return list(call.results())
+    return _collect_all(call)
 
 
 def imap(
@@ -155,7 +157,7 @@ def imap(
     call = _Call.create(
         fn, _zip(iterables), locals(), star=len(iterables) > 1, total=_total(iterables)
     )
-    return call.results()
+    return _stream(call)
 
 
 def starmap(fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
@@ -176,13 +178,45 @@ def starmap(fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options
     if unknown:
         raise TypeError(f"starmap() got unexpected keyword argument(s) {sorted(unknown)}")
     call = _Call.create(fn, iter(iterable), options, star=True, total=_total((iterable,)))
-    return list(call.results())
+    return _collect_all(call)
 
 
 _CALL_OPTIONS = frozenset(
     {"backend", "workers", "chunksize", "ordered", "progress", "timeout", "retries",
      "initializer", "initargs", "address"}
 )  # fmt: skip
+
+
+def _probe_runner(
+    fn: Callable[..., Any], items: Iterator[Any], args: dict[str, Any], star: bool, out: list[Any]
+) -> Callable[[int], list[Any]]:
+    """For ``backend="auto"``: run ``fn`` serially on the next ``k`` items, appending to ``out``."""
+    serial = {**args, "backend": "serial", "progress": False}
+
+    def probe(k: int) -> list[Any]:
+        call = _Call.create(fn, itertools.islice(items, k), serial, star=star, total=None)
+        call.start = len(out)
+        results = _collect_all(call)
+        out.extend(results)
+        return results
+
+    return probe
+
+
+def _collect_all(call: _Call) -> list[Any]:
+    results: list[Any] = []
+    for batch in call.batches():  # extend by batches: no per-item generator step
+        results.extend(batch)
+    return results
+
+
+def _stream(call: _Call) -> Iterator[Any]:
+    batches = call.batches()
+    try:
+        for batch in batches:
+            yield from batch
+    finally:  # closing the stream closes the call: cancels what has not started
+        batches.close()
 
 
 def _zip(iterables: tuple[Iterable[Any], ...]) -> Iterator[Any]:
@@ -228,6 +262,8 @@ class _Call:
     fn_name: str
     started: float = field(default_factory=time.monotonic)
     done_items: int = 0
+    probed: list[Any] = field(default_factory=list)  # results auto computed in the caller
+    start: int = 0  # the index of this call's first item (auto's probes come first)
 
     @classmethod
     def create(
@@ -248,6 +284,11 @@ class _Call:
             # A nested call on a worker runs in place: no pool inside a pool, no deadlock.
             choice = _config.BackendChoice("serial", "nested", None, "nested call on a worker")
         workers = _positive("workers", choice.workers)
+        probed: list[Any] = []
+        if choice.name == _registry.AUTO:
+            probe = _probe_runner(fn, items, args, star, probed)
+            decision, items, total = _auto.plan(_qualname(fn), items, total, workers, probe)
+            choice = dataclasses.replace(choice, name=decision.chosen)
         chunksize = _positive("chunksize", get("chunksize"))
         retries = get("retries") or 0
         if not isinstance(retries, int) or retries < 0:
@@ -271,14 +312,20 @@ class _Call:
             timeout=timeout,
             retries=retries,
             fn_name=_qualname(fn),
+            probed=probed,
         )
 
-    def results(self) -> Iterator[Any]:
-        """Drive the call; yield results. See the module docstring."""
+    def batches(self) -> Generator[list[Any], None, None]:
+        """Drive the call; yield the results batch by batch. See the module docstring."""
         in_flight: dict[cf.Future[Any], _Batch] = {}
         bar = _progress_bar(self) if self.progress else None
         stop_running = True
         try:
+            if self.probed:
+                self.done_items = len(self.probed)
+                if bar is not None:
+                    bar.update(len(self.probed))
+                yield self.probed
             yield from self._drive(in_flight, bar)
             stop_running = False
         except GeneratorExit:  # the caller abandoned imap(): cancel what has not started
@@ -293,9 +340,10 @@ class _Call:
             if bar is not None:
                 bar.close()
 
-    def _drive(self, in_flight: dict[cf.Future[Any], _Batch], bar: Any) -> Iterator[Any]:
+    def _drive(self, in_flight: dict[cf.Future[Any], _Batch], bar: Any) -> Iterator[list[Any]]:
         ready: dict[int, list[Any]] = {}
-        next_seq = seq = next_index = 0
+        next_seq = seq = 0
+        next_index = self.start + len(self.probed)
         exhausted = False
         while True:
             while not exhausted and self._room(in_flight, ready):
@@ -323,9 +371,9 @@ class _Call:
                 if self.ordered:
                     ready[batch.seq] = results
                 else:
-                    yield from results
+                    yield results
             while next_seq in ready:
-                yield from ready.pop(next_seq)
+                yield ready.pop(next_seq)
                 next_seq += 1
             if self._remaining() == 0.0:
                 self._time_out()
@@ -336,14 +384,7 @@ class _Call:
         return len(in_flight) < window and len(in_flight) + len(ready) < 8 * workers
 
     def _read(self, size: int, start: int) -> list[Any]:
-        chunk: list[Any] = []
-        try:
-            chunk.extend(itertools.islice(self.items, size))
-        except Exception as exc:
-            index = start + len(chunk)
-            _add_note(exc, f"parmap: raised by the input iterable while reading item {index}")
-            raise
-        return chunk
+        return read_items(self.items, size, start)
 
     def _payload(self, chunk: list[Any], start: int) -> Any:
         if not self.backend.serializes:
@@ -415,7 +456,7 @@ class _Call:
             exc = record.exc if record.exc is not None else _rebuild(record)
             if self.backend.serializes:
                 exc.__cause__ = RemoteTraceback(record.tb)
-            _add_note(exc, f"parmap: raised by {self.fn_name} on {item} ({where})")
+            add_note(exc, f"parmap: raised by {self.fn_name} on {item} ({where})")
             return exc
         cause = record.exc if record.exc is not None and not self.backend.serializes else None
         if record.stage == "init":
@@ -538,13 +579,6 @@ def _rebuild(record: ErrorRecord) -> BaseException:
         return cls(record.message)
     except Exception:
         return RuntimeError(f"{record.type_name}: {record.message}")
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    else:  # pragma: no cover - Python 3.10
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
 
 
 def _progress_bar(call: _Call) -> Any:

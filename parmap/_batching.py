@@ -20,12 +20,17 @@ With ``chunksize=`` the user's size is used as is.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Batcher", "CostMemory", "costs"]
+from parmap._errors import add_note
+
+__all__ = ["Batcher", "CostMemory", "costs", "read_items"]
 
 OVERHEAD_FACTOR = 20.0
 MAX_BATCH_SECONDS = 1.0
@@ -140,3 +145,24 @@ class Batcher:
         """Learn from one finished batch: ``items`` computed in ``seconds`` on a worker."""
         if items > 0:
             self.cost = costs.observe(self.keys, items, seconds)
+
+
+def read_items(items: Iterator[Any], size: int, start: int) -> list[Any]:
+    """The next ``size`` items (fewer at the end); an input error names its index.
+
+    Args:
+        items: the call's input iterator.
+        size: how many to read.
+        start: the index of the first item read.
+
+    Raises:
+        Exception: whatever the input iterator raised, with a note naming the item.
+    """
+    chunk: list[Any] = []
+    try:
+        chunk.extend(itertools.islice(items, size))
+    except Exception as exc:
+        index = start + len(chunk)
+        add_note(exc, f"parmap: raised by the input iterable while reading item {index}")
+        raise
+    return chunk

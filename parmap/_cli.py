@@ -56,6 +56,10 @@ def info(out: object = None) -> str:
         lines.append("a call now would use " + str(_config.get_backend()))
     except ParmapError as exc:
         lines.append(f"a call now would fail: {exc}")
+    from parmap._auto import load_calibration
+
+    calibration = load_calibration(default_workers(), calibrate=False)
+    lines.append(f"backend='auto' calibration: {calibration.describe()}")
     for backend in _registry.live_backends():
         lines.append(f"live: {backend.name} {backend.describe()}")
     return "\n".join(lines)

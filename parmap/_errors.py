@@ -29,6 +29,7 @@ __all__ = [
     "UnknownBackendError",
     "WorkerCrashedError",
     "WorkerInitializationError",
+    "add_note",
     "describe_exit",
 ]
 
@@ -111,3 +112,11 @@ def describe_exit(exitcode: int | None) -> str:
         "SIGTERM": "someone terminated it",
     }.get(name, "")
     return f"was killed by {name} ({exitcode})" + (f": {hint}" if hint else "")
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` (shown under its traceback), keeping its type."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]

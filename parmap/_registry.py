@@ -9,6 +9,7 @@ backends register with :func:`register_backend` or an entry point in the
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -66,6 +67,8 @@ _specs: dict[str, BackendSpec] = {
         BackendSpec("dask", "parmap.backends._dask:DaskBackend", ("dask", "distributed"), "dask"),
     )
 }
+AUTO = "auto"  # not an engine: parmap._auto picks serial or one of the backends per call
+_specs[AUTO] = BackendSpec(AUTO, None)
 _entry_points_loaded = False
 _lock = threading.RLock()
 _live: dict[str, tuple[tuple[Any, ...], Backend]] = {}
@@ -116,12 +119,17 @@ def backend_names() -> list[str]:
 def is_installed(name: str) -> bool:
     """Whether the packages backend ``name`` needs can be imported (without importing them)."""
     spec = _spec(name, source="argument")
-    return all(importlib.util.find_spec(module) is not None for module in spec.requires)
+    return all(_importable(module) for module in spec.requires)
+
+
+@functools.cache
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def available_backends() -> list[str]:
-    """The known backends whose packages are installed."""
-    return [name for name in backend_names() if is_installed(name)]
+    """The known backends whose packages are installed (``"auto"`` is a choice, not one)."""
+    return [name for name in backend_names() if name != AUTO and is_installed(name)]
 
 
 def default_backend() -> str:
@@ -160,13 +168,15 @@ def backend_class(name: str, *, source: str = "argument") -> type[Backend]:
         BackendNotInstalledError: a package the backend needs is missing.
     """
     spec = _spec(name, source=source)
-    missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
+    missing = [m for m in spec.requires if not _importable(m)]
     if missing:
         extra = spec.extra or missing[0]
         raise BackendNotInstalledError(
             f"parmap backend {name!r} needs {', '.join(missing)}, which is not installed; "
             f"install it with: pip install 'parmap-backends[{extra}]'"
         )
+    if spec.target is None:
+        raise TypeError(f"{name!r} chooses a backend per call; it has no backend class")
     if not isinstance(spec.target, str):
         return spec.target
     module_name, _, attr = spec.target.partition(":")

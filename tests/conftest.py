@@ -18,11 +18,13 @@ cloudpickle.register_pickle_by_value(funcs)
 BACKENDS = [
     name for name in ("serial", "multiprocessing", "loky", "ray", "dask") if is_installed(name)
 ]
+# Where fn may run in the test process itself (auto picks serial for small, cheap inputs).
+IN_PROCESS = ("serial", "auto")
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[*BACKENDS, "auto"])
 def backend(request):
-    """Every installed backend; the contract suite runs once per backend."""
+    """Every installed backend, and auto; the contract suite runs once per each."""
     return request.param
 
 
@@ -70,6 +72,8 @@ def census():
 def _clean_env(monkeypatch):
     for var in ("PARMAP_BACKEND", "PARMAP_WORKERS", "PARMAP_START_METHOD"):
         monkeypatch.delenv(var, raising=False)
+    # backend="auto" predicts with built-in constants in tests: no calibration run per test.
+    monkeypatch.setenv("PARMAP_CALIBRATION", "defaults")
     yield
 
 

@@ -13,8 +13,6 @@ import time
 import cloudpickle
 import pytest
 
-from parmap.bench import main, workloads
-from parmap.bench.analysis import Observation, crossover, fit_model, residuals, speedup
 from parmap._model import (
     OverheadModel,
     batch_count,
@@ -22,6 +20,8 @@ from parmap._model import (
     load_models,
     save_models,
 )
+from parmap.bench import main, workloads
+from parmap.bench.analysis import Observation, crossover, fit_model, residuals, speedup
 
 pytest.importorskip("numpy")
 pytest.importorskip("matplotlib")
@@ -218,7 +218,7 @@ def test_tiny_run_writes_every_file(tmp_path, census, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--backends", "nope"], "--backends: unknown name 'nope'; valid names are: dask, loky"),
+        (["--backends", "nope"], "unknown name 'nope'; valid names are: auto, dask, loky"),
         (["--baselines", "pool"], "valid names are: mp-pool, joblib-loky, ray-tasks, none"),
         (["--costs", "-5"], "-5 must be a positive number"),
         (["--costs=10,-1"], "-1 must be a positive number"),

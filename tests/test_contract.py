@@ -9,6 +9,7 @@ import threading
 
 import funcs
 import pytest
+from conftest import IN_PROCESS
 
 import parmap
 
@@ -103,7 +104,7 @@ def test_user_exception_keeps_type_and_names_the_item(backend):
         parmap.parmap(funcs.fail_at(37, KeyError), range(100), backend=backend)
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "item 37" in notes and "37" in notes
-    if backend != "serial":
+    if backend not in IN_PROCESS:
         assert isinstance(info.value.__cause__, parmap._errors.RemoteTraceback)
         assert "bad item 37" in str(info.value.__cause__)
 
@@ -168,8 +169,8 @@ def test_initializer_error_is_clear(backend):
 
 
 def test_unpicklable_function_fails_before_any_work(backend):
-    if backend == "serial":
-        pytest.skip("serial runs the function in place and never pickles it")
+    if backend in IN_PROCESS:
+        pytest.skip("fn runs in place and is never pickled")
     lock = threading.Lock()
     calls = []
 
@@ -184,16 +185,16 @@ def test_unpicklable_function_fails_before_any_work(backend):
 
 
 def test_unpicklable_item_is_named(backend):
-    if backend == "serial":
-        pytest.skip("serial never pickles items")
+    if backend in IN_PROCESS:
+        pytest.skip("items are never pickled in place")
     items = [1, 2, threading.Lock(), 4]
     with pytest.raises(parmap.SerializationError, match="item 2"):
         parmap.parmap(funcs.square, items, backend=backend, chunksize=10)
 
 
 def test_unpicklable_result_is_named(backend):
-    if backend == "serial":
-        pytest.skip("serial never pickles results")
+    if backend in IN_PROCESS:
+        pytest.skip("results are never pickled in place")
 
     def make(x):
         return threading.Lock() if x == 6 else x
@@ -203,8 +204,8 @@ def test_unpicklable_result_is_named(backend):
 
 
 def test_worker_crash_raises_not_hangs(backend):
-    if backend == "serial":
-        pytest.skip("serial has no worker to crash")
+    if backend in IN_PROCESS:
+        pytest.skip("no worker to crash: it would be the test process")
     with pytest.raises(parmap.WorkerCrashedError) as info:
         parmap.parmap(funcs.exit_at(7), range(20), backend=backend, chunksize=5)
     assert 7 in info.value.items

@@ -18,7 +18,7 @@ def test_public_surface_is_pinned():
         "Backend", "BackendChoice", "BackendNotInstalledError", "ParmapError",
         "SerializationError", "Shared", "TimeoutError", "UnknownBackendError",
         "WorkerCrashedError", "WorkerInitializationError", "__version__",
-        "available_backends", "backend_names", "config", "get_backend", "imap", "parmap",
+        "available_backends", "backend_names", "config", "explain", "get_backend", "imap", "parmap",
         "register_backend", "share", "shutdown", "starmap",
     }  # fmt: skip
 

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="skip cells with more serial work than this (quick: 0.5, full: 4)",
     )
+    add(
+        "--calibrate",
+        action="store_true",
+        help="measure this machine for backend='auto' (under a minute) and write its\n"
+        "calibration file ($PARMAP_CALIBRATION or ~/.cache/parmap/calibration.json)",
+    )
     add("--no-plots", action="store_true", help="do not draw the PNG plots")
     add("--no-progress", action="store_true", help="no progress bar")
     return parser  # fmt: skip
@@ -161,6 +167,8 @@ def _backends(parser: argparse.ArgumentParser, requested: list[str] | None) -> l
         return [name for name in names if _loads(name)]
     _check_names(parser, "--backends", requested, _registry.backend_names())
     for name in requested:
+        if name == _registry.AUTO:
+            continue
         try:
             _registry.backend_class(name)
         except Exception as exc:
@@ -231,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.calibrate:
+        return _calibrate(args, parser)
     config = make_config(args, parser)
     command = "parmap bench " + " ".join(sys.argv[1:] if argv is None else argv)
     print(
@@ -251,3 +261,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"(measured in {format_seconds(result.elapsed)}, "
           f"reported in {format_seconds(time.perf_counter() - started)})")  # fmt: skip
     return 130 if result.interrupted else 0
+
+
+def _calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from parmap.bench._calibrate import calibrate
+
+    backends = _backends(parser, args.backends)
+    parallel = [b for b in backends if b not in ("serial", "auto")] or None
+    calibration = calibrate(backends=parallel, workers=args.workers, progress=not args.no_progress)
+    print(f"calibration: {calibration.describe()}")
+    for name, model in sorted(calibration.models.items()):
+        start = calibration.startup.get(name, 0.0)
+        print(
+            f"  {name:<16} fixed {format_seconds(model.fixed)}, per item "
+            f"{format_seconds(model.per_item)}, per batch {format_seconds(model.per_batch)}, "
+            f"work x{model.work_factor:.2f}, start-up {format_seconds(start)}"
+        )
+    return 0

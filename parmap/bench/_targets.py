@@ -93,6 +93,11 @@ class ParmapTarget(Target):
     batching = "parmap"
 
     def __init__(self, name: str, workers: int) -> None:
+        self.requested: int | None = workers
+        if name == _registry.AUTO:  # picks serial or a backend per call
+            super().__init__(name, workers)
+            self.batch_overhead = 0.0
+            return
         cls = _registry.backend_class(name)  # raises if the backend cannot load
         super().__init__(name, 1 if not cls.serializes else workers)
         self.requested = None if name == "serial" else workers
@@ -106,7 +111,7 @@ class ParmapTarget(Target):
         return results
 
     def stop(self) -> None:
-        parmap.shutdown(self.name)
+        parmap.shutdown(None if self.name == _registry.AUTO else self.name)
 
 
 class PoolTarget(Target):

@@ -1,0 +1,376 @@
+"""``backend="auto"``: run serially, or on the backend predicted fastest, per call.
+
+One decision::
+
+    per-item cost c   remembered from earlier calls of this function, or timed
+                      on its first item(s) in the caller (results kept, never
+                      recomputed)
+    item count n      len(), or read ahead up to READ_AHEAD items of a generator
+    candidates        serial, and every installed parallel backend; only the
+                      cluster's engine when $RAY_ADDRESS / $DASK_SCHEDULER_ADDRESS
+                      is set (or Ray is already initialized)
+    prediction        serial: n * c; a backend: its overhead model (parmap._model)
+                      + its start-up time unless it is already running
+    choice            the smallest prediction
+
+The models come from a per-machine calibration that ``parmap bench --calibrate``
+writes to the cache directory (``$PARMAP_CALIBRATION`` overrides the path) and
+that the first ``auto`` call runs if there is none; built-in conservative
+constants stand in when calibration is impossible (``PARMAP_CALIBRATION=defaults``
+asks for them). ``parmap.explain(fn, items)`` shows a decision without running
+the call; every decision is logged at DEBUG level on the ``parmap`` logger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from parmap import _registry
+from parmap._batching import costs, read_items
+from parmap._model import OverheadModel
+
+__all__ = ["Calibration", "Decision", "calibration_path", "explain", "load_calibration", "plan"]
+
+log = logging.getLogger("parmap")
+
+PARALLEL = ("multiprocessing", "loky", "ray", "dask")
+READ_AHEAD = 4096
+PROBE_SECONDS = 2e-4
+PROBE_ITEMS = 32
+CALIBRATION_SCHEMA = 1
+
+# Conservative constants (seconds) for when no calibration can be had: measured
+# on a 2-core machine, then rounded up so that auto errs towards serial.
+_DEFAULTS: dict[str, dict[str, float]] = {  # fixed, per_item, per_batch, work_factor
+    "multiprocessing": {"fixed": 1.5e-3, "per_item": 2e-6, "per_batch": 3e-4, "work_factor": 1.1},
+    "loky": {"fixed": 1.5e-3, "per_item": 2e-6, "per_batch": 3e-4, "work_factor": 1.1},
+    "ray": {"fixed": 5e-3, "per_item": 3e-6, "per_batch": 1.5e-3, "work_factor": 1.1},
+    "dask": {"fixed": 15e-3, "per_item": 3e-6, "per_batch": 3e-3, "work_factor": 1.1},
+}
+_DEFAULT_STARTUP = {"multiprocessing": 0.5, "loky": 0.5, "ray": 10.0, "dask": 5.0}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The overhead models ``auto`` predicts with.
+
+    Attributes:
+        models: backend name -> fitted model.
+        startup: backend name -> seconds its first call costs (pools, clusters).
+        created: when it was measured (epoch seconds), None for built-in defaults.
+        source: the file it came from, or ``"built-in defaults"``.
+    """
+
+    models: dict[str, OverheadModel]
+    startup: dict[str, float]
+    created: float | None
+    source: str
+
+    @property
+    def cheapest_call(self) -> float:
+        """No parallel call is predicted to take less than this (its fixed cost)."""
+        return min((m.fixed for m in self.models.values()), default=0.0)
+
+    def describe(self) -> str:
+        """One line for ``parmap info``."""
+        if self.created is None:
+            return f"{self.source} (run `parmap bench --calibrate` to measure this machine)"
+        age = (time.time() - self.created) / 86400
+        names = ", ".join(sorted(self.models))
+        return f"{self.source}, measured {age:.1f} days ago, for {names}"
+
+
+def calibration_path() -> Path:
+    """Where the calibration lives: ``$PARMAP_CALIBRATION`` or the user's cache folder."""
+    override = os.environ.get("PARMAP_CALIBRATION", "").strip()
+    if override and override != "defaults":
+        return Path(override).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "parmap" / "calibration.json"
+
+
+def defaults(workers: int) -> Calibration:
+    """Built-in conservative models for ``workers`` workers."""
+    models = {
+        name: OverheadModel.from_dict(
+            {"backend": name, "workers": workers, "batch_overhead": _batch_overhead(name), **c}
+        )
+        for name, c in _DEFAULTS.items()
+    }
+    return Calibration(models, dict(_DEFAULT_STARTUP), None, "built-in defaults")
+
+
+def _batch_overhead(name: str) -> float:
+    try:
+        return _registry.backend_class(name).batch_overhead
+    except ImportError:
+        return 1e-3
+
+
+def save_calibration(
+    path: Path, models: dict[str, OverheadModel], startup: dict[str, float], machine: dict[str, Any]
+) -> None:
+    """Write a calibration file (the format :func:`load_calibration` reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "schema": CALIBRATION_SCHEMA,
+        "created": time.time(),
+        "machine": machine,
+        "models": {name: model.to_dict() for name, model in models.items()},
+        "startup": startup,
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    temporary.replace(path)
+
+
+_loaded: dict[str, Calibration] = {}
+_by_setting: dict[tuple[str, int], Calibration] = {}  # ($PARMAP_CALIBRATION, workers) -> it
+_lock = threading.Lock()
+
+
+def load_calibration(workers: int, *, calibrate: bool = True) -> Calibration:
+    """The calibration in use, measuring it first when there is none.
+
+    Args:
+        workers: the worker count the defaults are for, when used.
+        calibrate: run the calibration if no file exists (it takes under a minute).
+
+    Returns:
+        A :class:`Calibration`; built-in defaults when none can be had.
+    """
+    setting = os.environ.get("PARMAP_CALIBRATION", "").strip()
+    cached = _by_setting.get((setting, workers))
+    if cached is not None:
+        return cached
+    use_defaults = setting == "defaults"
+    key = f"defaults:{workers}" if use_defaults else str(calibration_path())
+    cached = _loaded.get(key)
+    if cached is not None:
+        _by_setting[(setting, workers)] = cached
+        return cached
+    with _lock:
+        calibration = None if use_defaults else _read(Path(key))
+        if calibration is None and calibrate and not use_defaults:
+            calibration = _measure(Path(key))
+        if calibration is None:
+            calibration = defaults(workers)
+            if not use_defaults and calibrate:
+                key = f"defaults:{workers}"  # calibration failed: do not try on every call
+        _loaded[key] = _by_setting[(setting, workers)] = calibration
+        return calibration
+
+
+def _read(path: Path) -> Calibration | None:
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("parmap: ignoring unreadable calibration %s (%s)", path, exc)
+        return None
+    if document.get("schema") != CALIBRATION_SCHEMA:
+        log.warning("parmap: calibration %s is of another version; measuring again", path)
+        return None
+    models = {k: OverheadModel.from_dict(v) for k, v in document["models"].items()}
+    return Calibration(models, document.get("startup", {}), document.get("created"), str(path))
+
+
+def _measure(path: Path) -> Calibration | None:
+    print(
+        f"parmap: calibrating backend='auto' for this machine, once (under a minute); "
+        f"writing {path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        from parmap.bench._calibrate import calibrate
+
+        calibrate(path, progress=False)
+    except Exception as exc:  # numpy missing, a backend that will not start...
+        log.warning("parmap: calibration failed (%s); using built-in defaults", exc)
+        return None
+    return _read(path)
+
+
+@dataclass
+class Decision:
+    """What ``auto`` chose for one call, and why."""
+
+    fn: str
+    n_items: int
+    n_exact: bool
+    per_item_cost: float
+    cost_source: str
+    predictions: dict[str, float]
+    startup: dict[str, float]
+    chosen: str
+    calibration: Calibration | None
+    probe: list[Any] = field(default_factory=list, repr=False)
+
+    def __str__(self) -> str:
+        n = f"{self.n_items + len(self.probe):,}" + ("" if self.n_exact else "+")
+        lines = [
+            f"parmap auto: {self.fn} over {n} items of ~{_fmt(self.per_item_cost)} each "
+            f"({self.cost_source}); predictions for the {self.n_items:,} left:",
+            f"  calibration: {self.calibration.describe() if self.calibration else 'none'}",
+        ]
+        for name, seconds in sorted(self.predictions.items(), key=lambda kv: kv[1]):
+            mark = "->" if name == self.chosen else "  "
+            start = self.startup.get(name, 0.0)
+            extra = f" (incl. {_fmt(start)} start-up)" if start else ""
+            lines.append(f"  {mark} {name:<16} predicted {_fmt(seconds)}{extra}")
+        return "\n".join(lines)
+
+
+def _fmt(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def plan(
+    fn_name: str,
+    items: Iterator[Any],
+    total: int | None,
+    workers: int | None,
+    probe: Callable[[int], list[Any]],
+) -> tuple[Decision, Iterator[Any], int | None]:
+    """Decide one call.
+
+    Args:
+        fn_name: the function's qualified name (its cost-memory key).
+        items: the input; the probe consumes its first items.
+        total: the item count, if known.
+        workers: the requested worker count, if any.
+        probe: runs the function serially on the next ``k`` items of ``items``
+            and returns their results (a serial parmap call: same errors, same
+            initializer semantics); its timing lands in the cost memory.
+
+    Returns:
+        The decision (its ``probe`` holds the results already computed), the
+        rest of the input, and the count of the rest when known.
+    """
+    key = "name:" + fn_name
+    cost = costs.get(key)
+    probed: list[Any] = []
+    source = "remembered from earlier calls"
+    if cost is None:
+        probed = list(probe(1))
+        if probed and (costs.get(key) or 0.0) * PROBE_ITEMS < PROBE_SECONDS:
+            probed += probe(PROBE_ITEMS - 1)  # cheap: time a few more for a steadier figure
+        cost = costs.get(key) or 0.0
+        source = f"timed on {len(probed)} item(s) in the caller"
+    remaining = None if total is None else max(0, total - len(probed))
+    rest, n_rest, exact = _count(items, remaining, len(probed))
+    decision = decide(fn_name, n_rest, exact, cost, source, workers or _default_workers())
+    decision.probe = probed
+    log.debug("%s", decision)
+    return decision, rest, n_rest if exact else None
+
+
+def _count(
+    items: Iterator[Any], remaining: int | None, start: int
+) -> tuple[Iterator[Any], int, bool]:
+    if remaining is not None:
+        return items, remaining, True
+    ahead = read_items(items, READ_AHEAD, start)
+    rest = itertools.chain(ahead, items)
+    return rest, len(ahead), len(ahead) < READ_AHEAD
+
+
+def _default_workers() -> int:
+    from parmap.backends._base import default_workers
+
+    return default_workers()
+
+
+def decide(
+    fn_name: str, n_items: int, exact: bool, cost: float, source: str, workers: int
+) -> Decision:
+    """Predict each candidate and choose (see the module docstring)."""
+    serial_seconds = n_items * cost
+    predictions = {"serial": serial_seconds}
+    decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
+    calibration = load_calibration(workers)
+    decision.calibration = calibration
+    if serial_seconds <= calibration.cheapest_call or n_items < 2:
+        return decision  # no backend can win: skip the candidates
+    candidates = _candidates()
+    for name in candidates:
+        model = calibration.models.get(name)
+        if model is None:
+            continue
+        if model.workers != workers:
+            model = dataclasses.replace(model, workers=workers)
+        startup = 0.0 if _running(name) else calibration.startup.get(name, 0.0)
+        if startup + model.fixed >= serial_seconds:
+            continue  # cannot win: skip the batch simulation
+        predictions[name] = model.predict(n_items, cost) + startup
+        decision.startup[name] = startup
+    decision.chosen = min(predictions, key=predictions.__getitem__)
+    return decision
+
+
+def _candidates() -> list[str]:
+    clusters = [
+        name
+        for name, variable in (("ray", "RAY_ADDRESS"), ("dask", "DASK_SCHEDULER_ADDRESS"))
+        if os.environ.get(variable) or (name == "ray" and _ray_initialized())
+    ]
+    names = clusters or list(PARALLEL)
+    return [name for name in names if _registry.is_installed(name)]
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _running(name: str) -> bool:
+    if name == "ray" and _ray_initialized():
+        return True
+    return any(backend.name == name for backend in _registry.live_backends())
+
+
+def explain(
+    fn: Callable[..., Any],
+    *iterables: Iterable[Any],
+    workers: int | None = None,
+    file: IO[str] | None = sys.stdout,
+) -> Decision:
+    """Show what ``backend="auto"`` would choose for this call, without running it.
+
+    The per-item cost is remembered from earlier calls of ``fn`` or, failing
+    that, timed on its first item(s) here (``fn`` is called on them).
+
+    Args:
+        fn: the function.
+        *iterables: the items, as for :func:`parmap.parmap`.
+        workers: the worker count to predict for (default: all usable CPUs).
+        file: where to print the decision (None: do not print).
+
+    Returns:
+        The :class:`Decision`, whose ``str()`` is the printed table.
+    """
+    from parmap._api import _probe_runner, _qualname, _total, _zip
+
+    items = _zip(iterables)
+    probe = _probe_runner(fn, items, {}, len(iterables) > 1, [])
+    decision, _, _ = plan(_qualname(fn), items, _total(iterables), workers, probe)
+    if file is not None:
+        print(decision, file=file)
+    return decision

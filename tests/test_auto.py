@@ -1,0 +1,130 @@
+"""backend="auto": serial or the predicted-fastest backend, per call, observably."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import funcs
+import pytest
+
+import parmap
+from parmap import _auto
+from parmap._batching import costs
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def slow(x):
+    time.sleep(0.02)
+    return x * 2
+
+
+def test_cheap_function_runs_serially_and_matches():
+    decision = parmap.explain(funcs.square, range(300), file=None)
+    assert decision.chosen == "serial"
+    assert parmap.parmap(funcs.square, range(300), backend="auto") == [i * i for i in range(300)]
+
+
+def test_probe_results_are_kept_not_recomputed():
+    calls = []
+
+    def counted(x):
+        calls.append(x)
+        return -x
+
+    assert parmap.parmap(counted, range(100), backend="auto") == [-i for i in range(100)]
+    assert sorted(calls) == list(range(100))
+
+
+def test_expensive_work_goes_to_a_running_backend(census):
+    assert "loky" in parmap.available_backends()
+    parmap.parmap(abs, range(4), backend="loky")  # running: no start-up cost to predict
+    costs.clear()
+    out = io.StringIO()
+    decision = parmap.explain(slow, range(100), file=out)
+    assert decision.chosen == "loky", str(decision)
+    assert "-> loky" in out.getvalue() and "serial" in out.getvalue()
+    assert parmap.parmap(slow, range(100), backend="auto") == [2 * i for i in range(100)]
+
+
+def test_start_up_cost_keeps_small_jobs_serial():
+    parmap.shutdown()
+    costs.clear()
+    decision = parmap.explain(slow, range(10), file=None)
+    assert decision.chosen == "serial", str(decision)
+
+
+def test_environment_selects_auto_and_logs_each_decision(monkeypatch, caplog):
+    monkeypatch.setenv("PARMAP_BACKEND", "auto")
+    with caplog.at_level(logging.DEBUG, logger="parmap"):
+        assert parmap.parmap(funcs.add, [1, 2], [3, 4]) == [4, 6]
+    assert any("parmap auto" in record.getMessage() for record in caplog.records)
+
+
+def test_errors_keep_type_and_index_in_the_probe_and_after():
+    with pytest.raises(KeyError) as info:
+        parmap.parmap(funcs.fail_at(0, KeyError), range(50), backend="auto")
+    assert "item 0" in "\n".join(info.value.__notes__)
+    with pytest.raises(ValueError) as info:
+        parmap.parmap(funcs.fail_at(40), range(50), backend="auto")
+    assert "item 40" in "\n".join(info.value.__notes__)
+
+
+def test_unsized_input_is_read_ahead_in_bounded_amount():
+    got = list(parmap.imap(funcs.square, (i for i in range(10_000)), backend="auto"))
+    assert got == [i * i for i in range(10_000)]
+    decision = parmap.explain(funcs.square, (i for i in range(10_000)), file=None)
+    assert not decision.n_exact and decision.n_items == _auto.READ_AHEAD
+
+
+def test_initializer_runs_before_the_probe():
+    got = parmap.parmap(
+        funcs.init_count, range(5), backend="auto", initializer=funcs.record_init, initargs=("a",)
+    )
+    assert all(count >= 1 for _, count in got)
+
+
+def test_a_cluster_address_makes_its_engine_the_candidate(monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:1")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    expected = ["dask"] if parmap._registry.is_installed("dask") else []
+    assert _auto._candidates() == expected
+
+
+def test_decision_math_on_a_known_calibration(monkeypatch):
+    model = _auto.OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
+    calibration = _auto.Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
+    monkeypatch.setattr(_auto, "load_calibration", lambda workers, **_: calibration)
+    monkeypatch.setattr(_auto, "_candidates", lambda: ["loky"])
+    cheap = _auto.decide("f", 300, True, 1e-6, "given", 2)
+    heavy = _auto.decide("f", 200, True, 10e-3, "given", 2)
+    assert cheap.chosen == "serial" and heavy.chosen == "loky"
+    assert heavy.predictions["loky"] < heavy.predictions["serial"] / 1.8
+
+
+def test_calibration_is_measured_written_and_shown(tmp_path, monkeypatch, census):
+    pytest.importorskip("numpy")
+    path = tmp_path / "calibration.json"
+    env = {**os.environ, "PARMAP_CALIBRATION": str(path)}
+    command = ["--calibrate", "--backends", "loky", "--no-progress"]
+    run = subprocess.run(
+        [sys.executable, "-m", "parmap.bench", *command],
+        env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    document = json.loads(path.read_text())
+    assert set(document["models"]) == {"loky"} and document["startup"]["loky"] > 0
+    monkeypatch.setenv("PARMAP_CALIBRATION", str(path))
+    info = subprocess.run(
+        [sys.executable, "-m", "parmap._cli", "info"], capture_output=True, text=True,
+        env=env, timeout=60,
+    ).stdout  # fmt: skip
+    assert str(path) in info and "days ago" in info
+    calibration = _auto.load_calibration(2, calibrate=False)
+    assert calibration.source == str(path) and "loky" in calibration.models
