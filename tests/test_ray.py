@@ -203,6 +203,25 @@ def test_initializer_makes_classes_on_ray_workers():
     assert got == [7 + i for i in range(20)]
 
 
+def test_a_busy_worker_holds_no_queued_batch(tmp_path):
+    """Late binding: while one worker is stuck, every other batch runs on the free one."""
+    release = tmp_path / "release"
+
+    def fn(x):
+        if x == 0:
+            deadline = time.monotonic() + 60
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return x
+
+    parmap.parmap(funcs.square, range(4), backend="ray", workers=2)
+    stream = parmap.imap(fn, range(50), backend="ray", workers=2, chunksize=1, ordered=False)
+    first = [next(stream) for _ in range(49)]  # all but the stuck item, before its release
+    release.touch()
+    assert sorted(first + list(stream)) == list(range(50))
+    assert 0 not in first
+
+
 # -- faults ---------------------------------------------------------------------------------
 
 
