@@ -29,6 +29,7 @@ import itertools
 import logging
 import operator
 import reprlib
+import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from functools import partial
 from typing import Any
 
 from parmap import _auto, _config, _registry, _worker
-from parmap._batching import Batcher, read_items
+from parmap._batching import Batcher, costs, read_items
 from parmap._errors import (
     RemoteTraceback,
     SerializationError,
@@ -47,8 +48,9 @@ from parmap._errors import (
 )
 from parmap._serialization import digest, dumps, dumps_function, loads
 from parmap._share import publishing
-from parmap._worker import CallSpec, ErrorRecord, Outcome
+from parmap._worker import CallSpec, ErrorRecord, Outcome, execute
 from parmap.backends._base import Backend
+from parmap.backends._serial import SerialBackend
 
 __all__ = ["imap", "parmap", "starmap"]
 
@@ -107,10 +109,7 @@ def parmap(
         WorkerInitializationError: ``initializer`` raised.
         TimeoutError: ``timeout`` passed (a builtin ``TimeoutError`` too).
     """
-    call = _Call.create(
-        fn, _zip(iterables), locals(), star=len(iterables) > 1, total=_total(iterables)
-    )
-    return _collect_all(call)
+    return _run(fn, _zip(iterables), locals(), star=len(iterables) > 1, total=_total(iterables))
 
 
 def imap(
@@ -177,14 +176,83 @@ def starmap(fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options
     unknown = set(options) - _CALL_OPTIONS
     if unknown:
         raise TypeError(f"starmap() got unexpected keyword argument(s) {sorted(unknown)}")
-    call = _Call.create(fn, iter(iterable), options, star=True, total=_total((iterable,)))
-    return _collect_all(call)
+    return _run(fn, iter(iterable), options, star=True, total=_total((iterable,)))
 
 
 _CALL_OPTIONS = frozenset(
     {"backend", "workers", "chunksize", "ordered", "progress", "timeout", "retries",
      "initializer", "initargs", "address"}
 )  # fmt: skip
+
+
+def _run(
+    fn: Callable[..., Any],
+    items: Iterator[Any],
+    args: dict[str, Any],
+    *,
+    star: bool,
+    total: int | None,
+) -> list[Any]:
+    """Run a whole call and return its results as a list."""
+    choice = _choose(fn, args)
+    results = _in_place(fn, items, args, star, total, choice)
+    if results is None:
+        call = _Call.create(fn, items, args, star=star, total=total, choice=choice)
+        results = _collect_all(call)
+    return results
+
+
+def _choose(fn: Callable[..., Any], args: dict[str, Any]) -> _config.BackendChoice:
+    if not callable(fn):
+        raise TypeError(f"parmap's first argument must be callable, got {_repr.repr(fn)}")
+    choice = _config.get_backend(args.get("backend"), args.get("workers"))
+    if _worker.in_worker and choice.source != "argument":
+        # A nested call on a worker runs in place: no pool inside a pool, no deadlock.
+        choice = _config.BackendChoice("serial", "nested", None, "nested call on a worker")
+    _positive("workers", choice.workers)
+    _positive("chunksize", _setting(args, "chunksize"))
+    retries = _setting(args, "retries")
+    if retries is not None and (not isinstance(retries, int) or retries < 0):
+        raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+    timeout = _setting(args, "timeout")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return choice
+
+
+def _in_place(
+    fn: Callable[..., Any],
+    items: Iterator[Any],
+    args: dict[str, Any],
+    star: bool,
+    total: int | None,
+    choice: _config.BackendChoice,
+) -> list[Any] | None:
+    """Run a serial call here, without the driver, when there is nothing to schedule.
+
+    That is: serial (chosen, or by auto for a function known to be cheap), and
+    no initializer, timeout or progress bar. The same worker code runs the
+    items and the same errors come out; only the fixed cost per call goes.
+    Returns None when the call needs the driver.
+    """
+    if (
+        args.get("initializer") is not None
+        or _setting(args, "timeout")
+        or _setting(args, "progress")
+    ):
+        return None
+    if choice.name == _registry.AUTO:
+        if total is None or not _auto.stays_serial(_qualname(fn), total, choice.workers):
+            return None
+    elif choice.name != "serial":
+        return None
+    chunk = read_items(items, sys.maxsize, 0)
+    outcome = execute(CallSpec("local", fn, star), fn, chunk)
+    if outcome.error is not None:
+        raise _error_from(outcome, _Batch(0, 0, chunk, None), SerialBackend, _qualname(fn))
+    if chunk:
+        costs.observe(("name:" + _qualname(fn),), len(chunk), outcome.seconds)
+    return outcome.results
 
 
 def _probe_runner(
@@ -274,28 +342,18 @@ class _Call:
         *,
         star: bool,
         total: int | None,
+        choice: _config.BackendChoice | None = None,
     ) -> _Call:
         """Check the arguments, pick the backend and serialize the function."""
-        if not callable(fn):
-            raise TypeError(f"parmap's first argument must be callable, got {_repr.repr(fn)}")
         get = partial(_setting, args)
-        choice = _config.get_backend(args.get("backend"), args.get("workers"))
-        if _worker.in_worker and choice.source != "argument":
-            # A nested call on a worker runs in place: no pool inside a pool, no deadlock.
-            choice = _config.BackendChoice("serial", "nested", None, "nested call on a worker")
-        workers = _positive("workers", choice.workers)
+        choice = choice or _choose(fn, args)
+        workers = choice.workers
         probed: list[Any] = []
         if choice.name == _registry.AUTO:
             probe = _probe_runner(fn, items, args, star, probed)
             decision, items, total = _auto.plan(_qualname(fn), items, total, workers, probe)
             choice = dataclasses.replace(choice, name=decision.chosen)
-        chunksize = _positive("chunksize", get("chunksize"))
-        retries = get("retries") or 0
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
-        timeout = get("timeout")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        chunksize, retries, timeout = get("chunksize"), get("retries") or 0, get("timeout")
         options = {"workers": workers, "address": get("address")}
         options["start_method"] = get("start_method") if choice.name == "multiprocessing" else None
         backend = _registry.acquire(choice.name, options, source=choice.source)
@@ -444,38 +502,7 @@ class _Call:
         return WorkerCrashedError(message, exitcode=error.exitcode, items=sorted(indices))
 
     def _failure(self, outcome: Outcome, batch: _Batch) -> BaseException:
-        record = outcome.error
-        assert record is not None
-        where = f"{self.backend.name} worker pid {outcome.pid}"
-        if record.position is not None:
-            shown = _repr.repr(batch.items[record.position])
-            item = f"item {batch.start + record.position}: {shown}"
-        else:
-            item = f"items {batch.span()}"
-        if record.stage == "item":
-            exc = record.exc if record.exc is not None else _rebuild(record)
-            if self.backend.serializes:
-                exc.__cause__ = RemoteTraceback(record.tb)
-            add_note(exc, f"parmap: raised by {self.fn_name} on {item} ({where})")
-            return exc
-        cause = record.exc if record.exc is not None and not self.backend.serializes else None
-        if record.stage == "init":
-            error: BaseException = WorkerInitializationError(
-                f"initializer raised {record.type_name}: {record.message} ({where}); "
-                "no item ran. Fix the initializer; it runs once in each worker process"
-            )
-        elif record.stage == "result":
-            error = SerializationError(
-                f"the result of {self.fn_name} on {item} could not be pickled to send it "
-                f"back from the {where}: {record.type_name}: {record.message}"
-            )
-        else:
-            error = SerializationError(
-                f"the {where} could not unpickle the function or {item}: "
-                f"{record.type_name}: {record.message}. {_LOAD_HINT}"
-            )
-        error.__cause__ = cause or RemoteTraceback(record.tb)
-        return error
+        return _error_from(outcome, batch, self.backend, self.fn_name)
 
     def _remaining(self) -> float | None:
         if self.timeout is None:
@@ -489,6 +516,44 @@ class _Call:
             f"{self.backend.name} backend ({self.done_items} of {total} items done); "
             "its running work was stopped"
         )
+
+
+def _error_from(
+    outcome: Outcome, batch: _Batch, backend: type[Backend] | Backend, fn_name: str
+) -> BaseException:
+    """The exception to raise for a batch that stopped on an error record."""
+    record = outcome.error
+    assert record is not None
+    where = f"{backend.name} worker pid {outcome.pid}"
+    if record.position is not None:
+        shown = _repr.repr(batch.items[record.position])
+        item = f"item {batch.start + record.position}: {shown}"
+    else:
+        item = f"items {batch.span()}"
+    if record.stage == "item":
+        exc = record.exc if record.exc is not None else _rebuild(record)
+        if backend.serializes:
+            exc.__cause__ = RemoteTraceback(record.tb)
+        add_note(exc, f"parmap: raised by {fn_name} on {item} ({where})")
+        return exc
+    cause = record.exc if record.exc is not None and not backend.serializes else None
+    if record.stage == "init":
+        error: BaseException = WorkerInitializationError(
+            f"initializer raised {record.type_name}: {record.message} ({where}); "
+            "no item ran. Fix the initializer; it runs once in each worker process"
+        )
+    elif record.stage == "result":
+        error = SerializationError(
+            f"the result of {fn_name} on {item} could not be pickled to send it "
+            f"back from the {where}: {record.type_name}: {record.message}"
+        )
+    else:
+        error = SerializationError(
+            f"the {where} could not unpickle the function or {item}: "
+            f"{record.type_name}: {record.message}. {_LOAD_HINT}"
+        )
+    error.__cause__ = cause or RemoteTraceback(record.tb)
+    return error
 
 
 _LOAD_HINT = (

@@ -282,6 +282,22 @@ def plan(
     return decision, rest, n_rest if exact else None
 
 
+def stays_serial(fn_name: str, n_items: int, workers: int | None) -> bool:
+    """True when ``fn``'s remembered cost makes the whole call cheaper than any backend's
+    fixed cost: the fast path of ``auto``, decided without probing or predicting."""
+    cost = costs.get("name:" + fn_name)
+    if cost is None:
+        return False
+    calibration = load_calibration(workers or _default_workers())
+    serial = n_items * cost <= calibration.cheapest_call
+    if serial and log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "parmap auto: %s over %d items of ~%s each: serial (under any backend's fixed cost)",
+            fn_name, n_items, _fmt(cost),
+        )  # fmt: skip
+    return serial
+
+
 def _count(
     items: Iterator[Any], remaining: int | None, start: int
 ) -> tuple[Iterator[Any], int, bool]:

@@ -44,7 +44,8 @@ def test_probe_results_are_kept_not_recomputed():
 
 def test_expensive_work_goes_to_a_running_backend(census):
     assert "loky" in parmap.available_backends()
-    parmap.parmap(abs, range(4), backend="loky")  # running: no start-up cost to predict
+    parmap.shutdown()  # only loky running: the others would pay their start-up
+    parmap.parmap(abs, range(4), backend="loky")
     costs.clear()
     out = io.StringIO()
     decision = parmap.explain(slow, range(100), file=out)
