@@ -128,6 +128,8 @@ def test_sys_exit_in_fn_is_reported_not_fatal(backend):
 
 
 def test_workers_persist_across_calls(backend):
+    if backend == "auto":
+        pytest.skip("auto may pick another backend (or serial) for the second call")
     first = set(parmap.parmap(funcs.pid, range(200), backend=backend, chunksize=1))
     second = set(parmap.parmap(funcs.pid, range(200), backend=backend, chunksize=1))
     assert first & second, "no worker process was reused between calls"
