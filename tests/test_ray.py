@@ -90,6 +90,20 @@ def test_uses_the_callers_runtime_and_never_shuts_it_down():
     assert out.strip().endswith("ok")
 
 
+def test_starting_ray_leaves_the_callers_random_sequence_alone():
+    out = run_script(
+        """
+        import random, parmap
+        random.seed(7)
+        expected = [random.random() for _ in range(3)]
+        random.seed(7)
+        parmap.parmap(abs, range(-4, 4), backend="ray")  # starts the embedded instance
+        print([random.random() for _ in range(3)] == expected)
+        """
+    )
+    assert out.strip() == "True", "a seeded DEAP run would differ from serial"
+
+
 def test_embedded_instance_is_reused_local_only_and_stopped_by_shutdown(census):
     first = set(parmap.parmap(funcs.pid, range(40), backend="ray", chunksize=1))
     second = set(parmap.parmap(funcs.pid, range(40), backend="ray", chunksize=1))

@@ -47,11 +47,12 @@ import logging
 import os
 import pickle
 import queue
+import random
 import subprocess
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -141,10 +142,12 @@ class RayBackend(Backend):
 
     @property
     def workers(self) -> int:
-        if self.requested_workers:
-            return self.requested_workers
-        self._connect()
-        return max(1, sum(self._nodes.values()))
+        if not self.requested_workers:
+            self._connect()
+        return self._size()
+
+    def _size(self) -> int:
+        return self.requested_workers or max(1, sum(self._nodes.values()))
 
     # -- connecting ------------------------------------------------------------------
 
@@ -152,7 +155,7 @@ class RayBackend(Backend):
         """Attach to a running Ray, connect to a cluster or start a local instance."""
         if self._connected_to is not None and ray.is_initialized():
             return
-        with self._lock:
+        with self._lock, _keeping_random_state():
             if self._connected_to is not None and ray.is_initialized():
                 return
             self._forget_runtime()
@@ -197,7 +200,9 @@ class RayBackend(Backend):
     def prepare(self, spec: CallSpec) -> _Prepared:
         self._connect()
         self._refresh_nodes()
-        refs = dict(collected_refs())
+        blobs = (spec.fn, spec.initializer or b"")
+        # the shared values pickled into this spec (a failed earlier call may have left others)
+        refs = {t: r for t, r in collected_refs() if any(t.encode() in b for b in blobs)}
         collected_refs().clear()
         shares = tuple(sorted(refs))
         small = len(spec.fn) + len(spec.initializer or b"") <= _INLINE_LIMIT
@@ -284,9 +289,9 @@ class RayBackend(Backend):
 
     def _pool(self) -> list[_Slot]:
         """The workers: started on first use; a dead one is replaced (on its node if alive)."""
-        if len(self._slots) != self.workers:
+        if len(self._slots) != self._size():
             self._retire(self._slots)
-            self._slots = [_Slot(node) for node in _placement(self._nodes, self.workers)]
+            self._slots = [_Slot(node) for node in _placement(self._nodes, self._size())]
         for slot in self._slots:
             if slot.actor is None or slot.dead:
                 if slot.dead:
@@ -366,6 +371,17 @@ class RayBackend(Backend):
                 ray.shutdown()
             _ray_local.stop_reaper(self._reaper)
             self._reaper = None
+
+
+@contextlib.contextmanager
+def _keeping_random_state() -> Iterator[None]:
+    """Leave the caller's ``random`` sequence as it was: starting Ray draws from it,
+    and a seeded run (DEAP) must give the same results on every backend."""
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def _alive_nodes() -> dict[str, int]:
