@@ -98,6 +98,20 @@ def test_worker_crash_names_the_exit_code_and_retries_work(census, tmp_path):
     assert got == [x * 2 for x in range(10)] and marker.exists()
 
 
+def test_large_function_is_broadcast_once_and_survives_a_crash(census, tmp_path):
+    big = bytes(range(256)) * 1_000  # captured by the function: 256 KB, above the inline size
+    marker = tmp_path / "crashed-once"
+
+    def pick(i):
+        if i == 5 and not marker.exists():
+            marker.touch()
+            os._exit(3)
+        return big[i]
+
+    got = parmap.parmap(pick, range(40), backend="dask", chunksize=2, retries=2)
+    assert got == [big[i] for i in range(40)] and marker.exists()
+
+
 def test_timeout_kills_running_work_and_share_survives(census):
     table = parmap.share(list(range(1_000)))
 

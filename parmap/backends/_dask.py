@@ -22,7 +22,7 @@ caller wants. One batch's journey::
     concurrent.futures.Future, which the core waits on
 
 A small function travels inside each task (cheaper than a round trip); a large
-one is scattered once per call and the tasks depend on it. ``parmap.share()``
+one is broadcast once per call and the tasks depend on it. ``parmap.share()``
 values are broadcast to the workers once. On the embedded cluster a dead worker
 fails its task at once (``allowed-failures: 0``; parmap's ``retries=`` decides)
 and the error names its exit code. Stopping running work (timeout, Ctrl-C) kills
@@ -146,7 +146,7 @@ class _Prepared:
         if self.scattered is None:
             return self.spec
         if self.scattered.status != "finished":
-            self.scattered = self.session.client.scatter(self.spec, hash=False)
+            self.scattered = _scatter_spec(self.session.client, self.spec)
         return self.scattered
 
 
@@ -219,7 +219,7 @@ class DaskBackend(Backend):
         self._republish(session)
         prepared = _Prepared(session, spec)
         if len(spec.fn) + len(spec.initializer or b"") > INLINE_SPEC_BYTES:
-            prepared.scattered = session.client.scatter(spec, hash=False)
+            prepared.scattered = _scatter_spec(session.client, spec)
         return prepared
 
     def submit(self, prepared: _Prepared, items: bytes) -> cf.Future[Any]:
@@ -240,7 +240,7 @@ class DaskBackend(Backend):
         if isinstance(exc, FutureCancelledError):
             return WorkerCrashedError(
                 f"the Dask scheduler dropped a batch ({exc.reason}: {exc.msg or 'no details'}); "
-                "a worker or the scheduler was probably lost or restarted"
+                "a worker, or the data the batch needed, was lost or restarted"
             )
         if isinstance(exc, asyncio.CancelledError):
             return WorkerCrashedError("the Dask client was closed while a batch ran")
@@ -509,6 +509,11 @@ def _kill_workers(session: _Session, addresses: set[str]) -> None:
     deadline = time.monotonic() + KILL_TIMEOUT
     while addresses.intersection(cluster.scheduler.workers) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _scatter_spec(client: distributed.Client, spec: CallSpec) -> distributed.Future:
+    """Send a large function to every worker (each runs batches; one death loses no copy)."""
+    return client.scatter(spec, broadcast=True, hash=False)
 
 
 def _broadcast(client: distributed.Client, name: str, blob: bytes) -> distributed.Future:
