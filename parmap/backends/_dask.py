@@ -136,7 +136,7 @@ class _Session:
 
 @dataclass
 class _Prepared:
-    """One call's spec: inside every task, or scattered once (again if its holder died)."""
+    """One call's spec: inside every task, or broadcast once (again if every copy died)."""
 
     session: _Session
     spec: CallSpec
