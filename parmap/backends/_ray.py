@@ -260,20 +260,23 @@ class RayBackend(Backend):
     def _start(self, slot: _Slot, job: _Job) -> None:
         slot.job, job.slot, job.actor = job, slot, slot.actor
         try:
-            ref = slot.actor.run.remote(job.head, job.holder, job.items)
+            done = slot.actor.run.remote(job.head, job.holder, job.items).future()
         except Exception as exc:
             slot.job = None
             job.future.set_exception(exc)
             return
         # Ray runs this callback on its own thread, which must never block: it only
         # passes the news on to our dispatcher thread.
-        ref.future().add_done_callback(lambda done: self._ended.put((job, done)))
+        done.add_done_callback(lambda done: self._ended.put((job, done)))
 
     def _dispatch_ended(self) -> None:
         """The dispatcher thread: as each batch ends, its worker takes the next one."""
         while (ended := self._ended.get()) is not None:
             job, done = ended
-            exc = done.exception()
+            try:
+                exc = done.exception()
+            except BaseException as error:  # cancelled inside Ray: still an outcome
+                exc = error
             with self._lock:
                 slot = job.slot
                 assert slot is not None
