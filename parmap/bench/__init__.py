@@ -8,8 +8,8 @@ nothing in parmap's core imports it. It needs the ``bench`` extra
 Modules:
     workloads   the fitness functions mapped (OneMax, calibrated CPU, symbolic
                 regression, large payloads)
-    analysis    crossover points and the overhead-model fit (pure functions)
-    model       the overhead model of a backend: predict, to_dict / from_dict
+    analysis    crossover points and the overhead-model fit (pure functions); the
+                model itself lives in parmap._model (backend="auto" uses it)
 """
 
 from __future__ import annotations
