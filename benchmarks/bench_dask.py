@@ -28,7 +28,17 @@ sys.path.insert(0, HERE)
 
 import _common  # noqa: E402
 import cloudpickle  # noqa: E402
-from _common import Checks, fmt_seconds, header, median, median_time, time_call, timings  # noqa: E402
+from _common import (  # noqa: E402
+    Checks,
+    fmt_seconds,
+    header,
+    interleaved,
+    median,
+    median_time,
+    paired_ratio,
+    time_call,
+    timings,
+)
 
 import parmap  # noqa: E402
 
@@ -52,14 +62,6 @@ def spinner(iterations: int):
         return x
 
     return work
-
-
-def side_by_side(serial, parallel, repeats: int) -> tuple[float, float]:
-    """Median seconds of each, timed alternately so that a change of load hits both."""
-    parallel()  # warm: the cluster, and the per-item cost the batching policy learns
-    parallel()
-    pairs = [(time_call(serial), time_call(parallel)) for _ in range(repeats)]
-    return median([s for s, _ in pairs]), median([p for _, p in pairs])
 
 
 def parallel_ceiling(seconds: float = 0.3) -> float:
@@ -107,16 +109,21 @@ def main() -> int:
     for cost, count, target in ((10e-3, 200, 0.55), (100e-6, 5_000, 0.65)):
         fn = spinner(calibrate(cost))
         work = list(range(count))
-        serial, parallel = side_by_side(
-            lambda fn=fn, work=work: list(map(fn, work)),
-            lambda fn=fn, work=work: parmap.parmap(fn, work, backend="dask"),
-            args.repeats,
+        times = interleaved(  # in turns, so that a change of load hits both alike
+            {
+                "serial": lambda fn=fn, work=work: list(map(fn, work)),
+                "dask": lambda fn=fn, work=work: parmap.parmap(fn, work, backend="dask"),
+            },
+            repeats=args.repeats,
+            warmup=2,  # the cluster, and the per-item cost the batching policy learns
         )
+        serial, parallel = median(times["serial"]), median(times["dask"])
         label = f"{fmt_seconds(cost)} x {count:,}"
         ceiling = parallel_ceiling()
-        print(f"  {label}: serial {fmt_seconds(serial)}, dask {fmt_seconds(parallel)}; "
+        print(f"  {label}: serial {fmt_seconds(serial)}, dask {fmt_seconds(parallel)} (medians); "
               f"the machine's own ceiling now: {ceiling:.2f} x serial")  # fmt: skip
-        checks.at_most(f"dask / serial, {label}", parallel / serial, target)
+        ratio = paired_ratio(times["dask"], times["serial"])
+        checks.at_most(f"dask / serial, {label}", ratio, target)
 
     small = list(range(300))
     per_call = median(timings(lambda: parmap.parmap(trivial, small, backend="dask"), 30, 5))
