@@ -197,14 +197,11 @@ class _CellData:
 
 
 def format_seconds(seconds: float) -> str:
-    """``seconds`` with a readable unit: ns, µs, ms or s."""
-    if seconds < 1e-6:
-        return f"{seconds * 1e9:.3g} ns"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.3g} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds:.3g} s"
+    """``seconds`` with a readable unit: ns, µs, ms or s (3 significant digits)."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= 0.9995 * scale:  # 0.99999 s is "1 s", not "1e+03 ms"
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
 
 
 def format_bytes(size: float) -> str:
