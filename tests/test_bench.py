@@ -256,4 +256,5 @@ def test_ctrl_c_stops_and_keeps_what_was_measured(tmp_path, census):
     data = json.loads((out / "results.json").read_text())
     assert data["interrupted"] is True
     assert data["rows"], "the cells measured before Ctrl-C are kept"
+    assert {r["target"] for r in data["rows"]} <= set(data["targets"])  # facts for every row
     assert "Interrupted (Ctrl-C)" in (out / "report.md").read_text()

@@ -298,15 +298,15 @@ class _Sweep:
             raise
         except Exception as exc:
             self._fail(name, "sweep", exc)
-        finally:
+        finally:  # also on Ctrl-C: the rows measured so far need their target's facts
             self._stop(target)
-        self.result.targets[name] = {
-            "kind": target.kind,
-            "workers": target.workers,
-            "batching": target.batching,
-            "batch_overhead": target.batch_overhead,
-            "item_cap": target.item_cap,
-        }
+            self.result.targets[name] = {
+                "kind": target.kind,
+                "workers": target.workers,
+                "batching": target.batching,
+                "batch_overhead": target.batch_overhead,
+                "item_cap": target.item_cap,
+            }
 
     def _make(self, name: str) -> Target:
         return make_target(name, self.config.workers, self.config.ray_cap)
