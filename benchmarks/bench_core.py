@@ -123,7 +123,7 @@ class Backend:
                 self.name: self.call(square, TRIVIAL),
                 "joblib": lambda: _joblib(square, TRIVIAL, self.workers),
             },
-            3,
+            max(3, self.repeats - 2),
         )
         print("  x*x x 100,000:", _show(times))
         ratio = paired_ratio(times["joblib"], times[self.name])
