@@ -10,7 +10,7 @@ The caller starts this script as its own process, in its own session (a
 Ctrl-C at the terminal does not reach it), with the pids of the Ray processes
 it started and a pipe on stdin::
 
-    caller ──pipe──► reaper     every second: note the Ray processes' descendants
+    caller ──pipe──► reaper     at once, then every 2 s: note the Ray processes' descendants
        │                        (agents, workers) while the tree is intact
        ✕ dies / shuts down ───► EOF: SIGKILL every noted process still alive, exit
 
@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-_POLL_SECONDS = 1.0
+_POLL_SECONDS = 2.0
 KILL_DEADLINE = 5.0
 
 Process = tuple[int, int]  # (pid, start time in clock ticks): a pid is reused, the pair is not
@@ -96,14 +96,16 @@ def kill(processes: set[Process], deadline: float = KILL_DEADLINE) -> set[Proces
 def main(argv: list[str]) -> int:
     """Watch the processes named in ``argv`` (``pid:start`` pairs) until stdin closes."""
     roots = {(int(pid), int(start)) for pid, start in (arg.split(":") for arg in argv)}
-    noted: set[Process] = set(roots)
+    noted: set[Process] = family(roots) | roots
     lock = threading.Lock()
     closed = threading.Event()
 
     def note() -> None:
         while not closed.wait(_POLL_SECONDS):
+            current = family(noted)  # the live ones among them, and their new children
             with lock:
-                noted.update(family(noted))
+                noted.clear()
+                noted.update(current)
 
     threading.Thread(target=note, daemon=True).start()
     while sys.stdin.buffer.read(4096):  # until EOF: the caller closed the pipe or died
