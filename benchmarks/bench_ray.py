@@ -16,7 +16,7 @@ The new-actors-per-call map is the approach of deap_ray's ``ray_map.py``,
 rewritten here: every call starts one actor per CPU (which rebuilds DEAP's
 creator classes), hands each one static batch, gathers, and drops the actors.
 
-    python benchmarks/bench_ray.py [--quick]
+    python benchmarks/bench_ray.py [--quick] [--only abcde]
 """
 
 from __future__ import annotations
@@ -259,6 +259,7 @@ class MachineCheck:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--only", default="abcde", help="the parts to run, e.g. --only bc")
     args = parser.parse_args()
     header(f"Ray backend, ray {ray.__version__}, {cpu_count()} workers")
     machine = MachineCheck()
@@ -267,12 +268,21 @@ def main() -> int:
     parmap_ray(trivial, range(10))  # starts the embedded instance
     print(f"  start-up of the embedded Ray instance: {time.perf_counter() - start:.2f} s")
     checks = Checks()
-    trivial_100k(checks, args.quick)
     rounds = (3, 3) if args.quick else (15, 9)
-    versus_serial(checks, machine, "(b) ~100 µs x 5,000", 100e-6, 5_000, 0.6, rounds[0])
-    versus_serial(checks, machine, "(c) ~10 ms x 200", 10e-3, 200, 0.53, rounds[1])
-    per_call(checks, args.quick)
-    deap_onemax(checks, args.quick)
+    parts = {
+        "a": lambda: trivial_100k(checks, args.quick),
+        "b": lambda: versus_serial(
+            checks, machine, "(b) ~100 µs x 5,000", 100e-6, 5_000, 0.6, rounds[0]
+        ),
+        "c": lambda: versus_serial(
+            checks, machine, "(c) ~10 ms x 200", 10e-3, 200, 0.53, rounds[1]
+        ),
+        "d": lambda: per_call(checks, args.quick),
+        "e": lambda: deap_onemax(checks, args.quick),
+    }
+    for name, part in parts.items():
+        if name in args.only:
+            part()
     parmap.shutdown()
     machine.close()
     return checks.summary()
