@@ -67,15 +67,14 @@ class Offset:
         return x + self.k
 
 
-_initialized_with = []
-
-
 def record_init(*args):
-    _initialized_with.append(args)
+    # A per-process counter in the environment: module globals travel by value
+    # with these functions, so a list here would carry the caller's state along.
+    os.environ["PARMAP_TEST_INIT"] = str(int(os.environ.get("PARMAP_TEST_INIT", "0")) + 1)
 
 
 def init_count(_):
-    return (os.getpid(), len(_initialized_with))
+    return (os.getpid(), int(os.environ.get("PARMAP_TEST_INIT", "0")))
 
 
 def init_fails():
