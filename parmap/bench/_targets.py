@@ -14,13 +14,10 @@ write without parmap:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import parmap
@@ -174,7 +171,9 @@ class RayTasksTarget(Target):
 
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            with _sigint_blocked():  # Ray's helper processes must not die of our Ctrl-C
+            from parmap.backends._ray_local import no_sigint_for_children
+
+            with no_sigint_for_children():  # Ray's helpers must not die of our Ctrl-C
                 ray.init(
                     num_cpus=self.workers,
                     include_dashboard=False,
@@ -200,23 +199,6 @@ class RayTasksTarget(Target):
 
             ray.shutdown()
             self._started = False
-
-
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT while Ray starts: its children inherit the mask and ignore Ctrl-C.
-
-    Ray's helper processes share our process group, so a Ctrl-C at the terminal
-    would otherwise kill them mid-sweep (the same as parmap's Ray backend does).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def baseline_installed(name: str) -> bool:
