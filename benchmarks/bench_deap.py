@@ -21,13 +21,15 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 
 import _common  # noqa: E402
+import _ga  # noqa: E402
 import cloudpickle  # noqa: E402
 import onemax  # noqa: E402
 from _common import Checks, header, time_call  # noqa: E402
 
 import parmap  # noqa: E402
 
-cloudpickle.register_pickle_by_value(onemax)  # workers of a cluster cannot import examples/
+for module in (onemax, _ga):  # workers of a cluster cannot import examples/
+    cloudpickle.register_pickle_by_value(module)
 
 
 def ga_seconds(args: argparse.Namespace) -> tuple[float, dict]:
