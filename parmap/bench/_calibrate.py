@@ -47,7 +47,7 @@ def calibrate(
         targets=["serial", *chosen],
         workers=workers or default_workers(),
         costs_us=[20.0, 1000.0],
-        counts=[30, 300, 3000],
+        counts=[30, 300, 3000, 30000],
         workloads=["onemax", "cpu"],
         repeats=3,
         cell_budget=0.35,
