@@ -65,16 +65,26 @@ def trivial(x: int) -> int:
     return x
 
 
-def calibrated(seconds: float) -> Callable[[int], int]:
-    """A pure-Python function that takes about ``seconds`` per call here."""
+def calibrated_loops(seconds: float) -> int:
+    """How many :func:`spin` iterations take about ``seconds`` here."""
     n = 200_000
     best = min(timings(lambda: spin(n), repeats=3))
-    loops = max(1, round(n * seconds / best))
+    return max(1, round(n * seconds / best))
+
+
+def spinning(loops: int) -> Callable[[int], int]:
+    """A pure-Python function of ``loops`` iterations per item."""
 
     def work(x: int) -> int:
         return spin(loops) + x
 
     return work
+
+
+def _spin_items(job: tuple[int, int]) -> None:
+    loops, count = job
+    for x in range(count):
+        spin(loops) + x
 
 
 # -- the peers a Ray user would write ------------------------------------------------------
@@ -166,19 +176,30 @@ def versus_serial(
     target: float,
     repeats: int,
 ) -> None:
-    """parmap against serial on ``n`` items of about ``seconds`` each, timed in turns."""
-    fn = calibrated(seconds)
+    """parmap against serial on ``n`` items of about ``seconds`` each, timed in turns.
+
+    Beside them, the same work split in two equal halves over two plain forked
+    processes: the best any scheduler could do on this machine at that moment.
+    """
+    loops = calibrated_loops(seconds)
+    fn = spinning(loops)
     items = list(range(n))
+    halves = [(loops, n // 2), (loops, n - n // 2)]
     warm(fn, items[: max(40, n // 10)])
     times = interleaved(
-        {"serial": lambda: list(map(fn, items)), "parmap": lambda: parmap_ray(fn, items)},
+        {
+            "serial": lambda: list(map(fn, items)),
+            "parmap": lambda: parmap_ray(fn, items),
+            "halves": lambda: machine.pool.map(_spin_items, halves, 1),
+        },
         repeats=repeats,
         warmup=0,
     )
     ours, serial = median(times["parmap"]), median(times["serial"])
+    best = paired_ratio(times["halves"], times["serial"])
     print(
         f"  {label}: parmap {fmt_seconds(ours)}, serial {fmt_seconds(serial)} (medians of "
-        f"{repeats}); machine check now: {machine():.2f}x"
+        f"{repeats}); two plain processes with half each: {best:.3f} of serial"
     )
     ratio = paired_ratio(times["parmap"], times["serial"])
     checks.at_most(f"{label} parmap / serial", ratio, target)
