@@ -25,8 +25,8 @@ One call::
 
 Why actors rather than one Ray task per batch: a task first leases a worker
 from the raylet, an actor call goes straight to its process. On this 2-core
-machine a call of 300 cheap items takes about 2.5-3.5 ms on actors, 4.5-7 ms
-on tasks (benchmarks/bench_ray.py has the figures). Binding each batch to a
+machine a call of 300 cheap items took 1.8-4.5 ms on actors against 4.5-7 ms
+on tasks, side by side (benchmarks/bench_ray.py measures the actors). Binding each batch to a
 worker only when that worker is free keeps the load balance of Ray's own task
 scheduling (items sorted by decreasing cost: 1.03x the ideal time, against
 1.17x when each actor also queued a second batch). The actors reserve no Ray
