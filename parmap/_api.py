@@ -31,9 +31,10 @@ import operator
 import reprlib
 import sys
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sized
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from functools import partial
+from types import BuiltinFunctionType, FunctionType
 from typing import Any
 
 from parmap import _auto, _config, _registry, _worker
@@ -109,7 +110,16 @@ def parmap(
         WorkerInitializationError: ``initializer`` raised.
         TimeoutError: ``timeout`` passed (a builtin ``TimeoutError`` too).
     """
-    return _run(fn, _zip(iterables), locals(), star=len(iterables) > 1, total=_total(iterables))
+    options = locals()
+    items, star, total = _zip(iterables), len(iterables) > 1, _total(iterables)
+    return _run(fn, items, options, star=star, total=total, sequence=_sequence(iterables))
+
+
+def _sequence(iterables: tuple[Iterable[Any], ...]) -> list[Any] | tuple[Any, ...] | None:
+    """The input itself when it is one list or tuple: a serial call need not copy it."""
+    if len(iterables) == 1 and type(iterables[0]) in (list, tuple):
+        return iterables[0]  # type: ignore[return-value]
+    return None
 
 
 def imap(
@@ -192,14 +202,23 @@ def _run(
     *,
     star: bool,
     total: int | None,
+    sequence: Sequence[Any] | None = None,
 ) -> list[Any]:
-    """Run a whole call and return its results as a list."""
+    """Run a whole call and return its results as a list.
+
+    ``sequence``: the input list or tuple, when ``items`` iterates over one.
+    """
     choice = _choose(fn, args)
-    results = _in_place(fn, items, args, star, total, choice)
-    if results is None:
-        call = _Call.create(fn, items, args, star=star, total=total, choice=choice)
-        results = _collect_all(call)
-    return results
+    probed: list[Any] = []
+    if choice.name == _registry.AUTO:
+        name = _cost_name(fn)
+        if _fits_in_place(args) and _auto.stays_serial(name, total, choice.workers):
+            return _in_place(fn, sequence or items, star, probed, name)
+        choice, items, total, probed = _plan_auto(fn, items, args, star, total, choice)
+    if choice.name == "serial" and _fits_in_place(args):
+        return _in_place(fn, items if probed else sequence or items, star, probed)
+    call = _Call.create(fn, items, args, star=star, total=total, choice=choice, probed=probed)
+    return _collect_all(call)
 
 
 def _choose(fn: Callable[..., Any], args: dict[str, Any]) -> _config.BackendChoice:
@@ -208,7 +227,7 @@ def _choose(fn: Callable[..., Any], args: dict[str, Any]) -> _config.BackendChoi
     choice = _config.get_backend(args.get("backend"), args.get("workers"))
     if _worker.in_worker and choice.source != "argument":
         # A nested call on a worker runs in place: no pool inside a pool, no deadlock.
-        choice = _config.BackendChoice("serial", "nested", None, "nested call on a worker")
+        choice = _config.BackendChoice("serial", "nested", None)
     _positive("workers", choice.workers)
     _positive("chunksize", _setting(args, "chunksize"))
     retries = _setting(args, "retries")
@@ -220,39 +239,54 @@ def _choose(fn: Callable[..., Any], args: dict[str, Any]) -> _config.BackendChoi
     return choice
 
 
+def _fits_in_place(args: dict[str, Any]) -> bool:
+    """Whether a serial call can skip the driver: no initializer, timeout or progress bar."""
+    return (
+        args.get("initializer") is None
+        and not _setting(args, "timeout")
+        and not _setting(args, "progress")
+    )
+
+
 def _in_place(
+    fn: Callable[..., Any],
+    items: Iterator[Any] | Sequence[Any],
+    star: bool,
+    probed: list[Any],
+    cost_name: str | None = None,
+) -> list[Any]:
+    """Run a serial call here, without the driver: there is nothing to schedule.
+
+    The same worker code runs the items and the same errors come out; only the
+    fixed cost per call goes. ``probed`` holds the results ``auto`` already
+    computed for the first items.
+    """
+    start = len(probed)
+    chunk = items if isinstance(items, Sequence) else read_items(items, sys.maxsize, start)
+    outcome = execute(CallSpec("local", fn, star), fn, chunk)
+    if outcome.error is not None:
+        raise _error_from(outcome, _Batch(0, start, chunk, None), SerialBackend, _qualname(fn))
+    if chunk:
+        costs.observe(("name:" + (cost_name or _cost_name(fn)),), len(chunk), outcome.seconds)
+    if not probed:
+        return outcome.results  # type: ignore[return-value]
+    probed.extend(outcome.results or ())
+    return probed
+
+
+def _plan_auto(
     fn: Callable[..., Any],
     items: Iterator[Any],
     args: dict[str, Any],
     star: bool,
     total: int | None,
     choice: _config.BackendChoice,
-) -> list[Any] | None:
-    """Run a serial call here, without the driver, when there is nothing to schedule.
-
-    That is: serial (chosen, or by auto for a function known to be cheap), and
-    no initializer, timeout or progress bar. The same worker code runs the
-    items and the same errors come out; only the fixed cost per call goes.
-    Returns None when the call needs the driver.
-    """
-    if (
-        args.get("initializer") is not None
-        or _setting(args, "timeout")
-        or _setting(args, "progress")
-    ):
-        return None
-    if choice.name == _registry.AUTO:
-        if total is None or not _auto.stays_serial(_qualname(fn), total, choice.workers):
-            return None
-    elif choice.name != "serial":
-        return None
-    chunk = read_items(items, sys.maxsize, 0)
-    outcome = execute(CallSpec("local", fn, star), fn, chunk)
-    if outcome.error is not None:
-        raise _error_from(outcome, _Batch(0, 0, chunk, None), SerialBackend, _qualname(fn))
-    if chunk:
-        costs.observe(("name:" + _qualname(fn),), len(chunk), outcome.seconds)
-    return outcome.results
+) -> tuple[_config.BackendChoice, Iterator[Any], int | None, list[Any]]:
+    """Let ``auto`` choose: the backend, the rest of the input and its count, the probed results."""
+    probed: list[Any] = []
+    probe = _probe_runner(fn, items, args, star, probed)
+    decision, items, total = _auto.plan(_cost_name(fn), items, total, choice.workers, probe)
+    return dataclasses.replace(choice, name=decision.chosen), items, total, probed
 
 
 def _probe_runner(
@@ -306,7 +340,7 @@ def _total(iterables: tuple[Iterable[Any], ...]) -> int | None:
 class _Batch:
     seq: int
     start: int
-    items: list[Any]
+    items: Sequence[Any]
     payload: Any
     attempts: int = 0
 
@@ -343,16 +377,18 @@ class _Call:
         star: bool,
         total: int | None,
         choice: _config.BackendChoice | None = None,
+        probed: list[Any] | None = None,
     ) -> _Call:
-        """Check the arguments, pick the backend and serialize the function."""
+        """Check the arguments, pick the backend and serialize the function.
+
+        ``probed``: results ``auto`` already computed for the first items.
+        """
         get = partial(_setting, args)
         choice = choice or _choose(fn, args)
         workers = choice.workers
-        probed: list[Any] = []
+        probed = probed if probed is not None else []
         if choice.name == _registry.AUTO:
-            probe = _probe_runner(fn, items, args, star, probed)
-            decision, items, total = _auto.plan(_qualname(fn), items, total, workers, probe)
-            choice = dataclasses.replace(choice, name=decision.chosen)
+            choice, items, total, probed = _plan_auto(fn, items, args, star, total, choice)
         chunksize, retries, timeout = get("chunksize"), get("retries") or 0, get("timeout")
         options = {"workers": workers, "address": get("address")}
         options["start_method"] = get("start_method") if choice.name == "multiprocessing" else None
@@ -584,7 +620,7 @@ def _spec(
     if initializer is not None and not callable(initializer):
         raise TypeError(f"initializer must be callable, got {_repr.repr(initializer)}")
     init = (initializer, tuple(initargs)) if initializer is not None else None
-    name_key = "name:" + _qualname(fn)
+    name_key = "name:" + _cost_name(fn)
     if not backend.serializes:
         return CallSpec("local", fn, star, _local_token(init), init), (None, name_key)
     with publishing(backend):
@@ -625,6 +661,22 @@ def _first_unpicklable(chunk: list[Any]) -> int:
         except Exception:
             return position
     return -1
+
+
+def _cost_name(fn: Any) -> str:
+    """What the cost memory knows ``fn`` by, cheap enough for every call: its name.
+
+    A callable object's identity is added: two instances of one class (say, one
+    fitness per problem size) may cost very differently.
+    """
+    base = fn
+    while isinstance(base, partial):
+        base = base.func
+    base = getattr(base, "__func__", base)
+    name = _qualname(base)
+    if isinstance(base, (FunctionType, BuiltinFunctionType, type)):
+        return name
+    return f"{name}@{id(base):x}"
 
 
 def _qualname(fn: Any) -> str:

@@ -24,9 +24,11 @@ the call; every decision is logged at DEBUG level on the ``parmap`` logger.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -77,10 +79,18 @@ class Calibration:
     created: float | None
     source: str
 
-    @property
-    def cheapest_call(self) -> float:
-        """No parallel call is predicted to take less than this (its fixed cost)."""
-        return min((m.fixed for m in self.models.values()), default=0.0)
+    def floor(self, n_items: int, cost: float, workers: int) -> float:
+        """No backend is predicted to run this call faster: a lower bound of every model.
+
+        It counts one batch per worker and no start-up, so it is cheap enough for
+        every call; when serial is below it, the predictions can be skipped.
+        """
+        batches, work = min(n_items, workers), cost * math.ceil(n_items / workers)
+        lowest = math.inf if self.models else 0.0
+        for m in self.models.values():
+            bound = m.fixed + m.per_item * n_items + m.per_batch * batches + m.work_factor * work
+            lowest = min(lowest, bound)
+        return lowest
 
     def describe(self) -> str:
         """One line for ``parmap info``."""
@@ -282,14 +292,14 @@ def plan(
     return decision, rest, n_rest if exact else None
 
 
-def stays_serial(fn_name: str, n_items: int, workers: int | None) -> bool:
-    """True when ``fn``'s remembered cost makes the whole call cheaper than any backend's
-    fixed cost: the fast path of ``auto``, decided without probing or predicting."""
+def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool:
+    """True when ``fn``'s remembered cost makes serial beat every backend's lower bound:
+    the fast path of ``auto``, decided without probing or predicting."""
     cost = costs.get("name:" + fn_name)
-    if cost is None:
+    if cost is None or n_items is None:
         return False
-    calibration = load_calibration(workers or _default_workers())
-    serial = n_items * cost <= calibration.cheapest_call
+    workers = workers or _default_workers()
+    serial = n_items * cost <= load_calibration(workers).floor(n_items, cost, workers)
     if serial and log.isEnabledFor(logging.DEBUG):
         log.debug(
             "parmap auto: %s over %d items of ~%s each: serial (under any backend's fixed cost)",
@@ -308,6 +318,7 @@ def _count(
     return rest, len(ahead), len(ahead) < READ_AHEAD
 
 
+@functools.cache
 def _default_workers() -> int:
     from parmap.backends._base import default_workers
 
@@ -323,7 +334,7 @@ def decide(
     decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
     calibration = load_calibration(workers)
     decision.calibration = calibration
-    if serial_seconds <= calibration.cheapest_call or n_items < 2:
+    if n_items < 2 or serial_seconds <= calibration.floor(n_items, cost, workers):
         return decision  # no backend can win: skip the candidates
     candidates = _candidates()
     for name in candidates:
@@ -382,11 +393,11 @@ def explain(
     Returns:
         The :class:`Decision`, whose ``str()`` is the printed table.
     """
-    from parmap._api import _probe_runner, _qualname, _total, _zip
+    from parmap._api import _cost_name, _probe_runner, _total, _zip
 
     items = _zip(iterables)
     probe = _probe_runner(fn, items, {}, len(iterables) > 1, [])
-    decision, _, _ = plan(_qualname(fn), items, _total(iterables), workers, probe)
+    decision, _, _ = plan(_cost_name(fn), items, _total(iterables), workers, probe)
     if file is not None:
         print(decision, file=file)
     return decision

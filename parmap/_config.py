@@ -100,18 +100,45 @@ class BackendChoice:
 
     Attributes:
         name: the backend's registered name.
-        source: ``"argument"``, ``"config"``, ``"environment"`` or ``"default"``.
+        source: ``"argument"``, ``"config"``, ``"environment"``, ``"default"``
+            or ``"nested"`` (a call made on a worker runs there, serially).
         workers: the requested worker count, or None for the backend's default.
-        reason: one sentence for humans.
+        workers_source: where ``workers`` came from (as ``source``).
     """
 
     name: str
     source: str
     workers: int | None
-    reason: str
+    workers_source: str = "default"
+
+    @property
+    def reason(self) -> str:
+        """One sentence for humans (built on demand: calls are cheaper without it)."""
+        if self.source == "nested":
+            reason = f"backend {self.name!r}: a nested call on a worker runs in place"
+        elif self.source == "default":
+            why = (
+                "ray is installed"
+                if self.name == "ray"
+                else "ray is not installed (pip install 'parmap-backends[ray]')"
+            )
+            reason = f"backend {self.name!r}: the default, because {why}"
+        else:
+            reason = f"backend {self.name!r}: chosen by {_where(self.source, 'backend')}"
+        if self.workers is not None:
+            reason += f"; {self.workers} workers (from {_where(self.workers_source, 'workers')})"
+        return reason
 
     def __str__(self) -> str:
         return self.reason
+
+
+def _where(source: str, key: str) -> str:
+    if source == "argument":
+        return f"the {key}= argument"
+    if source == "config":
+        return "an enclosing parmap.config() block"
+    return f"${ENV_VARS[key]}"
 
 
 def get_backend(backend: str | None = None, workers: int | None = None) -> BackendChoice:
@@ -122,7 +149,7 @@ def get_backend(backend: str | None = None, workers: int | None = None) -> Backe
         workers: the ``workers=`` argument the call would pass, if any.
 
     Returns:
-        A :class:`BackendChoice`.
+        A :class:`BackendChoice`; ``str()`` of it says why.
 
     Raises:
         UnknownBackendError: the chosen name is not a known backend.
@@ -131,20 +158,6 @@ def get_backend(backend: str | None = None, workers: int | None = None) -> Backe
     count, count_source = resolve("workers", workers)
     if name is None:
         name = _registry.default_backend()
-        why = (
-            "ray is installed"
-            if name == "ray"
-            else "ray is not installed (pip install 'parmap-backends[ray]')"
-        )
-        reason = f"backend {name!r}: the default, because {why}"
     else:
-        where = {
-            "argument": "the backend= argument",
-            "config": "an enclosing parmap.config() block",
-            "environment": "$PARMAP_BACKEND",
-        }[source]
-        reason = f"backend {name!r}: chosen by {where}"
-    _registry.check_name(name, source=source)
-    if count is not None:
-        reason += f"; {count} workers (from {count_source})"
-    return BackendChoice(name, source, count, reason)
+        _registry.check_name(name, source=source)
+    return BackendChoice(name, source, count, count_source)
