@@ -98,7 +98,11 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> flo
 def interleaved(
     calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds of each call, timed in turns (a, b, a, b, ...) so drifting load hits all alike.
+    """Seconds of each call, timed in turns so drifting load hits all alike.
+
+    The order rotates each round (a b c, b c a, c a b, ...): a call that leaves
+    the machine in a worse state (threads winding down, an idle CPU clocked
+    down while it waited) slows each other call equally often.
 
     Args:
         calls: name -> a call to time.
@@ -112,9 +116,11 @@ def interleaved(
         for call in calls.values():
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            times[name].append(time_call(call))
+    names = list(calls)
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(time_call(calls[name]))
     return times
 
 

@@ -5,7 +5,8 @@ Targets (auto issue), 2 cores, warm backends:
 - trivial fn, 100,000 items: auto within 1.15x of serial;
 - 300 items of ~1 µs (a cheap DEAP generation): auto within 1.15x of serial;
 - ~10 ms x 200 items: auto within 1.1x of the best single backend's time;
-- a cost x count grid: auto never more than 1.25x slower than the best choice
+- the harness's cost x count grid (`parmap bench`'s quick grid with --quick, its full
+  grid otherwise): auto never more than 1.25x slower than the best choice
   (serial map or any backend) at any point; the worst point is reported.
 
 "Serial" is plain ``list(map(fn, items))``; the parmap serial backend is shown
@@ -32,9 +33,8 @@ from _common import Checks, fmt_seconds, header, interleaved, median, paired_rat
 
 import parmap
 from parmap.bench import workloads
+from parmap.bench._cli import FULL, QUICK
 
-GRID_COSTS_US = [1.0, 10.0, 100.0, 1000.0, 10000.0]
-GRID_COUNTS = [10, 100, 1000, 10000]
 GRID_BUDGET = 1.5  # seconds of serial work per grid cell at most
 
 
@@ -109,19 +109,21 @@ def main() -> int:
 
 
 def grid(per_us: float, backends: list[str], repeats: int, quick: bool) -> tuple[float, str]:
-    """Time every choice and auto on each grid point; return the worst auto/best ratio."""
-    costs = GRID_COSTS_US[::2] if quick else GRID_COSTS_US
+    """Time every choice and auto on each point of the harness's grid (``parmap bench``'s,
+    quick or full); return the worst auto/best ratio."""
+    costs, counts = (QUICK if quick else FULL)["costs_us"], (QUICK if quick else FULL)["counts"]
     print(f"\n  grid: auto time / best choice's time (choices: map, {', '.join(backends)})")
-    print("  " + "cost \\ items".ljust(14) + "".join(f"{n:>10,}" for n in GRID_COUNTS))
+    print("  " + "cost \\ items".ljust(14) + "".join(f"{n:>10,}" for n in counts))
     worst = (0.0, "")
     for cost in costs:
         fn = workloads.CpuFitness.for_cost(cost, per_us)
         cells = []
-        for n in GRID_COUNTS:
+        for n in counts:
             if n * cost * 1e-6 > GRID_BUDGET:
                 cells.append(f"{'-':>10}")
                 continue
-            t = compare(fn, workloads.seeds(n), ["map", *backends, "auto"], repeats)
+            rounds = max(repeats, min(100, int(0.05 / (n * cost * 1e-6))))  # steady short cells
+            t = compare(fn, workloads.seeds(n), ["map", *backends, "auto"], rounds)
             best = min((name for name in t if name != "auto"), key=lambda b: median(t[b]))
             ratio = paired_ratio(t["auto"], t[best])
             cells.append(f"{ratio:>9.2f}{'*' if best != 'map' else ' '}")

@@ -210,15 +210,21 @@ def _run(
     """
     choice = _choose(fn, args)
     probed: list[Any] = []
+    decision = None
     if choice.name == _registry.AUTO:
         name = _cost_name(fn)
         if _fits_in_place(args) and _auto.stays_serial(name, total, choice.workers):
             return _in_place(fn, sequence or items, star, probed, name)
-        choice, items, total, probed = _plan_auto(fn, items, args, star, total, choice)
+        decision, items, total, probed = _plan_auto(fn, items, args, star, total, choice)
+        choice = dataclasses.replace(choice, name=decision.chosen)
     if choice.name == "serial" and _fits_in_place(args):
         return _in_place(fn, items if probed else sequence or items, star, probed)
+    started = time.perf_counter()
     call = _Call.create(fn, items, args, star=star, total=total, choice=choice, probed=probed)
-    return _collect_all(call)
+    results = _collect_all(call)
+    if decision is not None:
+        _auto.learn(decision, time.perf_counter() - started)
+    return results
 
 
 def _choose(fn: Callable[..., Any], args: dict[str, Any]) -> _config.BackendChoice:
@@ -281,12 +287,13 @@ def _plan_auto(
     star: bool,
     total: int | None,
     choice: _config.BackendChoice,
-) -> tuple[_config.BackendChoice, Iterator[Any], int | None, list[Any]]:
-    """Let ``auto`` choose: the backend, the rest of the input and its count, the probed results."""
+) -> tuple[_auto.Decision, Iterator[Any], int | None, list[Any]]:
+    """Let ``auto`` decide; return the decision, the rest of the input and its count, and
+    the results computed while probing."""
     probed: list[Any] = []
     probe = _probe_runner(fn, items, args, star, probed)
     decision, items, total = _auto.plan(_cost_name(fn), items, total, choice.workers, probe)
-    return dataclasses.replace(choice, name=decision.chosen), items, total, probed
+    return decision, items, total, probed
 
 
 def _probe_runner(
@@ -388,7 +395,8 @@ class _Call:
         workers = choice.workers
         probed = probed if probed is not None else []
         if choice.name == _registry.AUTO:
-            choice, items, total, probed = _plan_auto(fn, items, args, star, total, choice)
+            decision, items, total, probed = _plan_auto(fn, items, args, star, total, choice)
+            choice = dataclasses.replace(choice, name=decision.chosen)
         chunksize, retries, timeout = get("chunksize"), get("retries") or 0, get("timeout")
         options = {"workers": workers, "address": get("address")}
         options["start_method"] = get("start_method") if choice.name == "multiprocessing" else None

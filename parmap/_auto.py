@@ -11,7 +11,11 @@ One decision::
                       is set (or Ray is already initialized)
     prediction        serial: n * c; a backend: its overhead model (parmap._model)
                       + its start-up time unless it is already running
-    choice            the smallest prediction
+    choice            the smallest prediction; serial unless a backend is predicted
+                      SERIAL_MARGIN (1.1x) faster: a model's error near the crossover
+                      should cost little, not a needless parallel call
+    feedback          the wall time of each call sent to a backend corrects that
+                      backend's later predictions for the same function (learn())
 
 The models come from a per-machine calibration that ``parmap bench --calibrate``
 writes to the cache directory (``$PARMAP_CALIBRATION`` overrides the path) and
@@ -42,7 +46,15 @@ from parmap import _registry
 from parmap._batching import costs, read_items
 from parmap._model import OverheadModel
 
-__all__ = ["Calibration", "Decision", "calibration_path", "explain", "load_calibration", "plan"]
+__all__ = [
+    "Calibration",
+    "Decision",
+    "calibration_path",
+    "explain",
+    "learn",
+    "load_calibration",
+    "plan",
+]
 
 log = logging.getLogger("parmap")
 
@@ -50,6 +62,7 @@ PARALLEL = ("multiprocessing", "loky", "ray", "dask")
 READ_AHEAD = 4096
 PROBE_SECONDS = 2e-4
 PROBE_ITEMS = 32
+SERIAL_MARGIN = 1.1  # a backend must be predicted this much faster than serial
 CALIBRATION_SCHEMA = 1
 
 # Conservative constants (seconds) for when no calibration can be had: measured
@@ -346,10 +359,35 @@ def decide(
         startup = 0.0 if _running(name) else calibration.startup.get(name, 0.0)
         if startup + model.fixed >= serial_seconds:
             continue  # cannot win: skip the batch simulation
-        predictions[name] = model.predict(n_items, cost) + startup
+        correction = _corrections.get((fn_name, name), 1.0)
+        predictions[name] = model.predict(n_items, cost) * correction + startup
         decision.startup[name] = startup
-    decision.chosen = min(predictions, key=predictions.__getitem__)
+    fastest = min(predictions, key=predictions.__getitem__)
+    if predictions[fastest] * SERIAL_MARGIN < serial_seconds:  # a clear win only: models err
+        decision.chosen = fastest
     return decision
+
+
+_corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
+
+
+def learn(decision: Decision, seconds: float) -> None:
+    """Correct a backend's predictions for one function by a call's measured wall time.
+
+    A model fitted on other workloads can be off for this one (costly items or
+    results to pickle, a cost that varies); after each call sent to a warm
+    backend, the ratio of the wall time to the prediction is folded into that
+    function's correction (smoothed geometrically), so a wrong choice is not
+    repeated for long.
+    """
+    name = decision.chosen
+    predicted = decision.predictions.get(name)
+    if name == "serial" or not predicted or decision.startup.get(name):
+        return
+    key = (decision.fn, name)
+    ratio = min(max(seconds / predicted, 0.1), 10.0)
+    _corrections[key] = min(max(_corrections.get(key, 1.0) * ratio**0.5, 0.25), 20.0)
+    log.debug("parmap auto: %s on %s took %s, predicted %s", *key, _fmt(seconds), _fmt(predicted))
 
 
 def _candidates() -> list[str]:

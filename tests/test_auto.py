@@ -109,6 +109,24 @@ def test_decision_math_on_a_known_calibration(monkeypatch):
     assert heavy.predictions["loky"] < heavy.predictions["serial"] / 1.8
 
 
+def test_a_call_slower_than_predicted_corrects_later_decisions(monkeypatch):
+    model = _auto.OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
+    calibration = _auto.Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
+    monkeypatch.setattr(_auto, "load_calibration", lambda workers, **_: calibration)
+    monkeypatch.setattr(_auto, "_candidates", lambda: ["loky"])
+    monkeypatch.setattr(_auto, "_running", lambda name: True)
+    monkeypatch.setattr(_auto, "_corrections", {})
+    first = _auto.decide("g", 1000, True, 20e-6, "given", 2)
+    assert first.chosen == "loky", str(first)
+    for _ in range(4):  # each call took 4x the serial time: loky is a bad choice for g
+        decision = _auto.decide("g", 1000, True, 20e-6, "given", 2)
+        if decision.chosen == "serial":
+            break
+        _auto.learn(decision, 4 * 1000 * 20e-6)
+    assert decision.chosen == "serial", str(decision)
+    assert _auto.decide("other", 1000, True, 20e-6, "given", 2).chosen == "loky"
+
+
 def test_calibration_is_measured_written_and_shown(tmp_path, monkeypatch, census):
     pytest.importorskip("numpy")
     path = tmp_path / "calibration.json"

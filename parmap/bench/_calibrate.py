@@ -1,6 +1,6 @@
 """``parmap bench --calibrate``: measure this machine for ``backend="auto"``.
 
-A small sweep (OneMax and two CPU-bound costs, three population sizes) over
+A small sweep (OneMax and three CPU-bound costs, four population sizes) over
 serial and the installed parallel backends, under a minute on 2 cores; the
 fitted overhead models and each backend's start-up time go to the calibration
 file that ``parmap._auto`` reads.
@@ -46,7 +46,7 @@ def calibrate(
     config = SweepConfig(
         targets=["serial", *chosen],
         workers=workers or default_workers(),
-        costs_us=[20.0, 1000.0],
+        costs_us=[1.0, 20.0, 1000.0],  # 1 µs x 30,000 pins the per-item term
         counts=[30, 300, 3000, 30000],
         workloads=["onemax", "cpu"],
         repeats=3,
