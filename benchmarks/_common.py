@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -100,9 +101,9 @@ def interleaved(
 ) -> dict[str, list[float]]:
     """Seconds of each call, timed in turns so drifting load hits all alike.
 
-    The order rotates each round (a b c, b c a, c a b, ...): a call that leaves
-    the machine in a worse state (threads winding down, an idle CPU clocked
-    down while it waited) slows each other call equally often.
+    The order is shuffled each round (seeded, so runs repeat): a call that
+    leaves the machine in a worse state (threads winding down, a CPU clocked
+    down while it waited) then slows each of the others about equally often.
 
     Args:
         calls: name -> a call to time.
@@ -116,10 +117,10 @@ def interleaved(
         for call in calls.values():
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    names = list(calls)
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+    names, order = list(calls), random.Random(len(calls) * 1000 + repeats)
+    for _ in range(repeats):
+        order.shuffle(names)
+        for name in names:
             times[name].append(time_call(calls[name]))
     return times
 
