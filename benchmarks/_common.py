@@ -21,6 +21,7 @@ they add their own folder to ``sys.path``, so ``import _common`` works.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import random
@@ -202,3 +203,43 @@ def ratio_line(name: str, numerator: float, denominator: float) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("this module holds helpers; run one of the bench_*.py scripts")
+
+
+class Ceiling:
+    """The best parallel / serial ratio this machine allows right now, for CPU work.
+
+    One plain forked process per CPU, started before any backend (forking a
+    process that runs Ray's threads is unsafe). :meth:`split` runs the same
+    items in equal contiguous shares on them: time it beside serial with
+    :func:`interleaved`. On idle cores the ratio is 1 / CPUs; on a shared VM it
+    is often far above, and no scheduler can beat it.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or cpu_count()
+        self.pool = multiprocessing.get_context("fork").Pool(self.workers)
+        self.pool.map(_run_share, [_share(abs, [0])] * self.workers, 1)  # started
+
+    def split(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Callable[[], None]:
+        """A call that maps ``fn`` over ``items`` in one equal share per process."""
+        n, w = len(items), self.workers
+        shares = [_share(fn, items[k * n // w : (k + 1) * n // w]) for k in range(w)]
+        return lambda: self.pool.map(_run_share, shares, 1) and None
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+def _share(fn: Callable[[Any], Any], items: Sequence[Any]) -> bytes:
+    import cloudpickle  # closures too
+
+    return cloudpickle.dumps((fn, list(items)))
+
+
+def _run_share(blob: bytes) -> None:
+    import pickle
+
+    fn, items = pickle.loads(blob)
+    for item in items:
+        fn(item)

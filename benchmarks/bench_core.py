@@ -15,10 +15,11 @@ backend (multiprocessing and loky):
 and the ``serial`` backend within 1.3x of ``list(map(fn, items))`` on the
 trivial workload.
 
-Every comparison times its two sides in turns (a, b, a, b, ...) and reports
+Every comparison times its sides in turns (shuffled each round) and reports
 the median of the round-by-round ratios, so load from other work on the
-machine slows both sides alike. The Pool and joblib's workers stay started
-(idle) while parmap's run.
+machine slows all sides alike. Beside the CPU-bound ratios, the same items in
+equal shares on plain processes show the machine's ceiling at that moment.
+The Pool and joblib's workers stay started (idle) while parmap's run.
 
 Run from the repository root: ``python benchmarks/bench_core.py``
 (``--quick`` for fewer repeats). Exit status 0 when every check passes.
@@ -36,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Checks, fmt_seconds, header, interleaved, paired_ratio
+from _common import Ceiling, Checks, fmt_seconds, header, interleaved, paired_ratio
 
 import parmap
 from parmap.backends._base import default_workers
@@ -90,9 +91,10 @@ def check_serial(checks: Checks, repeats: int) -> None:
 class Backend:
     """One process backend's figures, beside the baselines (both warm)."""
 
-    def __init__(self, name: str, pool: Any, workers: int, repeats: int) -> None:
+    def __init__(self, name: str, pool: Any, ceiling: Ceiling, workers: int, repeats: int) -> None:
         self.name = name
         self.pool = pool
+        self.ceiling = ceiling
         self.workers = workers
         self.repeats = repeats
 
@@ -134,13 +136,19 @@ class Backend:
     ) -> None:
         _same(self.call(fn, items)(), list(map(fn, items)), self.name)
         times = interleaved(
-            {"serial": lambda: list(map(fn, items)), self.name: self.call(fn, items)},
+            {
+                "serial": lambda: list(map(fn, items)),
+                self.name: self.call(fn, items),
+                "plain processes": self.ceiling.split(fn, items),
+            },
             repeats,
             warmup=0,
         )
         per_item = statistics.median(times["serial"]) / len(items)
         label = f"{self.name} / serial, {fmt_seconds(per_item)} x {len(items):,} items"
+        ceiling = paired_ratio(times["plain processes"], times["serial"])
         print(f"  {fmt_seconds(per_item)} x {len(items):,}:", _show(times))
+        print(f"  (the machine's ceiling now: equal shares on plain processes, {ceiling:.3f})")
         checks.at_most(label, paired_ratio(times[self.name], times["serial"]), target)
 
     def per_call(self, checks: Checks) -> None:
@@ -182,11 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     checks = Checks()
     cpu = cpu_workloads(args.quick)
     check_serial(checks, repeats)
+    ceiling = Ceiling(workers)
     with multiprocessing.Pool(workers) as pool:
         pool.map(square, SMALL)  # started
         for name in args.backends.split(","):
-            Backend(name.strip(), pool, workers, repeats).check(checks, cpu)
+            Backend(name.strip(), pool, ceiling, workers, repeats).check(checks, cpu)
             parmap.shutdown(name.strip())
+    ceiling.close()
     _stop_joblib()
     return checks.summary()
 

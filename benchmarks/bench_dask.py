@@ -9,9 +9,9 @@ Targets (Dask issue), on parmap's embedded LocalCluster (one process per CPU):
 - per-call overhead, 300 trivial items, median of 30 calls: <= 20 ms
   (client.map's figure for the same 300 items beside it).
 
-Beside each CPU-bound ratio the script prints the machine's own ceiling, measured
-at that moment: plain processes, one per CPU, spinning at once versus one alone.
-On a shared VM that ceiling is well above 0.5, and no backend can beat it.
+Beside each CPU-bound ratio the script prints the machine's own ceiling, timed
+in the same turns: the same items in equal shares on plain processes, one per
+CPU. On a shared VM that ceiling is well above 0.5, and no backend can beat it.
 
     python benchmarks/bench_dask.py [--map-items 10000] [--repeats 5]
 """
@@ -19,7 +19,6 @@ On a shared VM that ceiling is well above 0.5, and no backend can beat it.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 
@@ -29,6 +28,7 @@ sys.path.insert(0, HERE)
 import _common  # noqa: E402
 import cloudpickle  # noqa: E402
 from _common import (  # noqa: E402
+    Ceiling,
     Checks,
     fmt_seconds,
     header,
@@ -64,22 +64,6 @@ def spinner(iterations: int):
     return work
 
 
-def parallel_ceiling(seconds: float = 0.3) -> float:
-    """The best parallel / serial ratio this machine allows now, for pure CPU work.
-
-    Times one process spinning alone, then one per CPU spinning at once on the same
-    work each: on a machine whose CPUs are shared (a VM's steal time, other users)
-    the second takes longer, and no backend can beat that ratio.
-    """
-    iterations = calibrate(seconds)
-    cpus = _common.cpu_count()
-    alone = time_call(lambda: _common.spin(iterations))
-    with multiprocessing.get_context("spawn").Pool(cpus) as pool:
-        pool.map(_common.spin, [1] * cpus)  # started
-        together = time_call(lambda: pool.map(_common.spin, [iterations] * cpus))
-    return together / (cpus * alone)
-
-
 def dask_map(client, fn, items) -> float:
     return time_call(lambda: client.gather(client.map(fn, items, pure=False)))
 
@@ -91,6 +75,7 @@ def main() -> int:
     args = parser.parse_args()
     header("parmap dask backend vs serial and client.map (embedded LocalCluster, warm)")
     checks = Checks()
+    ceiling = Ceiling()  # forked before the cluster starts
 
     startup = time_call(lambda: parmap.parmap(trivial, range(10), backend="dask"))
     backend = parmap._registry.live_backends()[-1]
@@ -109,19 +94,20 @@ def main() -> int:
     for cost, count, target in ((10e-3, 200, 0.55), (100e-6, 5_000, 0.65)):
         fn = spinner(calibrate(cost))
         work = list(range(count))
-        times = interleaved(  # in turns, so that a change of load hits both alike
+        times = interleaved(  # in turns, so that a change of load hits all alike
             {
                 "serial": lambda fn=fn, work=work: list(map(fn, work)),
                 "dask": lambda fn=fn, work=work: parmap.parmap(fn, work, backend="dask"),
+                "plain": ceiling.split(fn, work),
             },
             repeats=args.repeats,
             warmup=2,  # the cluster, and the per-item cost the batching policy learns
         )
         serial, parallel = median(times["serial"]), median(times["dask"])
         label = f"{fmt_seconds(cost)} x {count:,}"
-        ceiling = parallel_ceiling()
+        best = paired_ratio(times["plain"], times["serial"])
         print(f"  {label}: serial {fmt_seconds(serial)}, dask {fmt_seconds(parallel)} (medians); "
-              f"the machine's own ceiling now: {ceiling:.2f} x serial")  # fmt: skip
+              f"equal shares on plain processes (the ceiling now): {best:.3f}")  # fmt: skip
         ratio = paired_ratio(times["dask"], times["serial"])
         checks.at_most(f"dask / serial, {label}", ratio, target)
 
@@ -132,6 +118,7 @@ def main() -> int:
           f"client.map {fmt_seconds(map_call)} (median of 3)")  # fmt: skip
     checks.at_most("dask per-call overhead, 300 trivial items (ms)", per_call * 1e3, 20)
     parmap.shutdown("dask")
+    ceiling.close()
     return checks.summary()
 
 

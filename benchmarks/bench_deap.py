@@ -30,7 +30,7 @@ import _common  # noqa: E402
 import _ga  # noqa: E402
 import cloudpickle  # noqa: E402
 import onemax  # noqa: E402
-from _common import Checks, header, interleaved, median, paired_ratio, time_call  # noqa: E402
+from _common import Ceiling, Checks, header, interleaved, median, paired_ratio, time_call  # noqa: E402
 
 import parmap  # noqa: E402
 
@@ -58,25 +58,6 @@ def pool_map_peer(args: argparse.Namespace) -> str:
             onemax.parmap.parmap = original
 
 
-class Ceiling:
-    """Two plain processes, forked before any backend starts (forking a process that
-    runs Ray's threads is unsafe): how fast can two share a busy loop right now?"""
-
-    def __init__(self) -> None:
-        self.pool = multiprocessing.get_context("fork").Pool(2)
-        self.loops = _ga.loops_per_ms() * 250  # 0.25 s of work each half
-
-    def halves(self) -> None:
-        self.pool.map(_ga.burn, [self.loops] * 2, 1)
-
-    def whole(self) -> None:
-        _ga.burn(2 * self.loops)
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cost-ms", type=float, default=2.0)
@@ -89,6 +70,7 @@ def main() -> int:
     header(f"DEAP OneMax: {args.pop} individuals, {args.ngen} generations, ~{args.cost_ms} ms/eval")
     backends = [b for b in args.backends.split(",") if b and b != "serial"]
     ceiling = Ceiling()
+    loops = [_ga.loops_per_ms() * 250] * 2  # a busy loop of 0.5 s, in two shares
     checks = Checks()
     with parmap.config(backend="serial"):
         reference = ga_seconds(args)[1]
@@ -105,8 +87,8 @@ def main() -> int:
             {
                 "serial": lambda: on("serial"),
                 name: lambda name=name: on(name),
-                "halves": ceiling.halves,
-                "whole": ceiling.whole,
+                "halves": ceiling.split(_ga.burn, loops),
+                "whole": lambda: list(map(_ga.burn, loops)),
             },
             repeats=args.rounds,
         )

@@ -22,7 +22,6 @@ creator classes), hands each one static batch, gathers, and drops the actors.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import random
 import sys
@@ -40,6 +39,7 @@ import cloudpickle  # noqa: E402
 import onemax  # noqa: E402
 import ray  # noqa: E402
 from _common import (  # noqa: E402
+    Ceiling,
     Checks,
     cpu_count,
     fmt_seconds,
@@ -48,7 +48,6 @@ from _common import (  # noqa: E402
     median,
     paired_ratio,
     spin,
-    time_call,
     timings,
 )
 from deap import algorithms, base, creator, tools  # noqa: E402
@@ -79,12 +78,6 @@ def spinning(loops: int) -> Callable[[int], int]:
         return spin(loops) + x
 
     return work
-
-
-def _spin_items(job: tuple[int, int]) -> None:
-    loops, count = job
-    for x in range(count):
-        spin(loops) + x
 
 
 # -- the peers a Ray user would write ------------------------------------------------------
@@ -169,7 +162,7 @@ def trivial_100k(checks: Checks, quick: bool) -> None:
 
 def versus_serial(
     checks: Checks,
-    machine: MachineCheck,
+    ceiling: Ceiling,
     label: str,
     seconds: float,
     n: int,
@@ -178,19 +171,18 @@ def versus_serial(
 ) -> None:
     """parmap against serial on ``n`` items of about ``seconds`` each, timed in turns.
 
-    Beside them, the same work split in two equal halves over two plain forked
-    processes: the best any scheduler could do on this machine at that moment.
+    Beside them, the same items in equal shares on plain forked processes: the
+    best any scheduler could do on this machine at that moment.
     """
     loops = calibrated_loops(seconds)
     fn = spinning(loops)
     items = list(range(n))
-    halves = [(loops, n // 2), (loops, n - n // 2)]
     warm(fn, items[: max(40, n // 10)])
     times = interleaved(
         {
             "serial": lambda: list(map(fn, items)),
             "parmap": lambda: parmap_ray(fn, items),
-            "halves": lambda: machine.pool.map(_spin_items, halves, 1),
+            "halves": ceiling.split(fn, items),
         },
         repeats=repeats,
         warmup=0,
@@ -199,7 +191,7 @@ def versus_serial(
     best = paired_ratio(times["halves"], times["serial"])
     print(
         f"  {label}: parmap {fmt_seconds(ours)}, serial {fmt_seconds(serial)} (medians of "
-        f"{repeats}); two plain processes with half each: {best:.3f} of serial"
+        f"{repeats}); equal shares on plain processes: {best:.3f} of serial"
     )
     ratio = paired_ratio(times["parmap"], times["serial"])
     checks.at_most(f"{label} parmap / serial", ratio, target)
@@ -251,40 +243,13 @@ def deap_onemax(checks: Checks, quick: bool) -> None:
     checks.at_least("(e) new-actors map / parmap, DEAP OneMax", theirs / ours, 1.5)
 
 
-def _timed_spin(loops: int) -> float:
-    return time_call(lambda: spin(loops))
-
-
-class MachineCheck:
-    """How much faster two plain processes finish two equal loops than one does.
-
-    The ceiling for any parallel figure here: 2.0 on two idle cores, less when
-    the machine is shared. The two processes are forked before Ray starts
-    (forking a process that runs Ray's threads is unsafe) and kept till the end.
-    """
-
-    def __init__(self) -> None:
-        self.pool = multiprocessing.get_context("fork").Pool(2)
-        self.pool.map(_timed_spin, [1000, 1000])
-
-    def __call__(self, loops: int = 2_000_000) -> float:
-        one = min(_timed_spin(loops) for _ in range(3))
-        two = min(time_call(lambda: self.pool.map(_timed_spin, [loops] * 2, 1)) for _ in range(2))
-        return 2 * one / two
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--only", default="abcde", help="the parts to run, e.g. --only bc")
     args = parser.parse_args()
     header(f"Ray backend, ray {ray.__version__}, {cpu_count()} workers")
-    machine = MachineCheck()
-    print(f"  machine check: 2 plain processes run {machine():.2f}x as fast as 1")
+    ceiling = Ceiling()  # forked before Ray starts
     start = time.perf_counter()
     parmap_ray(trivial, range(10))  # starts the embedded instance
     print(f"  start-up of the embedded Ray instance: {time.perf_counter() - start:.2f} s")
@@ -293,10 +258,10 @@ def main() -> int:
     parts = {
         "a": lambda: trivial_100k(checks, args.quick),
         "b": lambda: versus_serial(
-            checks, machine, "(b) ~100 µs x 5,000", 100e-6, 5_000, 0.6, rounds[0]
+            checks, ceiling, "(b) ~100 µs x 5,000", 100e-6, 5_000, 0.6, rounds[0]
         ),
         "c": lambda: versus_serial(
-            checks, machine, "(c) ~10 ms x 200", 10e-3, 200, 0.53, rounds[1]
+            checks, ceiling, "(c) ~10 ms x 200", 10e-3, 200, 0.53, rounds[1]
         ),
         "d": lambda: per_call(checks, args.quick),
         "e": lambda: deap_onemax(checks, args.quick),
@@ -305,7 +270,7 @@ def main() -> int:
         if name in args.only:
             part()
     parmap.shutdown()
-    machine.close()
+    ceiling.close()
     return checks.summary()
 
 
