@@ -15,6 +15,9 @@ as a fallback), so the second DEAP generation starts where the first left off.
       max_size: batch lasts <= 1 s                 (balance, progress, timeouts)
       and never above ceil(total / workers)        (every worker gets work)
 
+    unsized input (a generator, imap): 4 x min_size, at most STREAM_BATCH_ITEMS
+    items, so that what is read ahead and in flight stays bounded in memory
+
 With ``chunksize=`` the user's size is used as is.
 """
 
@@ -35,6 +38,7 @@ __all__ = ["Batcher", "CostMemory", "costs", "read_items"]
 OVERHEAD_FACTOR = 20.0
 MAX_BATCH_SECONDS = 1.0
 PROBE_SIZE = 4
+STREAM_BATCH_ITEMS = 50_000  # a cheap function over a generator: ~1-2 MB per batch
 _SMOOTHING = 0.3
 
 
@@ -132,7 +136,7 @@ class Batcher:
         min_size = max(1, math.ceil(OVERHEAD_FACTOR * self.batch_overhead / cost))
         max_size = max(min_size, math.floor(MAX_BATCH_SECONDS / cost))
         if self.total is None:
-            return min(max_size, 4 * min_size)
+            return min(max_size, 4 * min_size, STREAM_BATCH_ITEMS)
         remaining = max(1, self.total - self.dispatched)
         size = min(max(math.ceil(remaining / (2 * self.workers)), min_size), max_size)
         return max(1, min(size, math.ceil(self.total / self.workers)))
