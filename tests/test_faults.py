@@ -133,11 +133,7 @@ def die(how):
     "how, expected",
     [("exit", "code 3"), ("sigkill", "SIGKILL"), ("segfault", "SIGSEGV")],
 )
-def test_worker_death_raises_worker_crashed(remote, how, expected, census, request):
-    if remote == "multiprocessing-forkserver" and how == "exit":
-        # CPython's forkserver Popen.poll() reports 255 when it cannot read the
-        # child's status from the fork server; seen about once in 3 runs here.
-        request.applymarker(pytest.mark.xfail(reason="forkserver may report 255", strict=False))
+def test_worker_death_raises_worker_crashed(remote, how, expected, census):
     with using(remote):
         with pytest.raises(parmap.WorkerCrashedError) as info:
             parmap.parmap(die(how), range(40), chunksize=4)

@@ -151,9 +151,17 @@ def _crash_exitcode(pool: cf.Executor | None) -> int | None:
 
     A broken pool terminates its other workers (SIGTERM), so once every worker
     has ended, the culprit is the one that ended some other way.
+
+    The pool's manager thread joins them itself; it goes first. Two threads
+    polling one forkserver child race to read its status from the one pipe,
+    and the loser records 255 (CPython's ``popen_forkserver.Popen.poll`` is not
+    thread-safe), so the exit code is read only after that thread is done.
     """
     processes = _processes(pool)
     deadline = time.monotonic() + 5.0
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=5.0)
     for process in processes:
         process.join(timeout=max(0.0, deadline - time.monotonic()))
     codes = [p.exitcode for p in processes if p.exitcode is not None]
