@@ -98,7 +98,7 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> flo
 
 
 def interleaved(
-    calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+    calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, *, primed: bool = False
 ) -> dict[str, list[float]]:
     """Seconds of each call, timed in turns so drifting load hits all alike.
 
@@ -110,6 +110,10 @@ def interleaved(
         calls: name -> a call to time.
         repeats: timed rounds.
         warmup: untimed rounds first.
+        primed: precede each timed call by an untimed call of the same kind, so
+            that it is measured in the state a loop of such calls leaves (caches,
+            threads of the previous call's engine), not in the state another
+            engine's call left.
 
     Returns:
         name -> the seconds of its ``repeats`` calls, round by round.
@@ -122,6 +126,8 @@ def interleaved(
     for _ in range(repeats):
         order.shuffle(names)
         for name in names:
+            if primed:
+                calls[name]()
             times[name].append(time_call(calls[name]))
     return times
 

@@ -13,6 +13,10 @@ Targets (auto issue), 2 cores, warm backends:
 beside it. The machine is calibrated first (``parmap bench --calibrate``, into a
 temporary file unless ``--calibration PATH`` is given), and every parallel
 backend is started before timing, so auto sees them warm, as in a long run.
+Choices are timed in shuffled turns, each timed call right after an untimed one
+of the same kind: the steady state of a loop of calls (a DEAP run), rather than
+the state another engine's call just left the process in (on short cells that
+alone adds 20-40 µs to whichever call comes next).
 
     python benchmarks/bench_auto.py [--quick] [--backends multiprocessing,loky]
 """
@@ -51,7 +55,7 @@ def runner(fn: Callable[[Any], Any], items: list[Any], backend: str) -> Callable
 def compare(
     fn: Callable[[Any], Any], items: list[Any], names: list[str], repeats: int
 ) -> dict[str, list[float]]:
-    return interleaved({name: runner(fn, items, name) for name in names}, repeats)
+    return interleaved({name: runner(fn, items, name) for name in names}, repeats, primed=True)
 
 
 def main() -> int:

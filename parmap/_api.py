@@ -202,7 +202,7 @@ def _run(
     *,
     star: bool,
     total: int | None,
-    sequence: Sequence[Any] | None = None,
+    sequence: list[Any] | tuple[Any, ...] | None = None,
 ) -> list[Any]:
     """Run a whole call and return its results as a list.
 
@@ -234,29 +234,36 @@ def _choose(fn: Callable[..., Any], args: dict[str, Any]) -> _config.BackendChoi
     if _worker.in_worker and choice.source != "argument":
         # A nested call on a worker runs in place: no pool inside a pool, no deadlock.
         choice = _config.BackendChoice("serial", "nested", None)
+    context = _config.current_options()
+    if context:  # these settings have no environment variable: resolve them once, here
+        for key in _CONTEXT_SETTINGS:
+            if args.get(key) is None and context.get(key) is not None:
+                args[key] = context[key]
     _positive("workers", choice.workers)
-    _positive("chunksize", _setting(args, "chunksize"))
-    retries = _setting(args, "retries")
+    _positive("chunksize", args.get("chunksize"))
+    retries = args.get("retries")
     if retries is not None and (not isinstance(retries, int) or retries < 0):
         raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
-    timeout = _setting(args, "timeout")
+    timeout = args.get("timeout")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return choice
 
 
+_CONTEXT_SETTINGS = ("chunksize", "retries", "timeout", "progress")
+
+
 def _fits_in_place(args: dict[str, Any]) -> bool:
-    """Whether a serial call can skip the driver: no initializer, timeout or progress bar."""
-    return (
-        args.get("initializer") is None
-        and not _setting(args, "timeout")
-        and not _setting(args, "progress")
-    )
+    """Whether a serial call can skip the driver: no initializer, timeout or progress bar.
+
+    (``args`` as resolved by :func:`_choose`.)
+    """
+    return args.get("initializer") is None and not args.get("timeout") and not args.get("progress")
 
 
 def _in_place(
     fn: Callable[..., Any],
-    items: Iterator[Any] | Sequence[Any],
+    items: Iterator[Any] | list[Any] | tuple[Any, ...],
     star: bool,
     probed: list[Any],
     cost_name: str | None = None,
@@ -268,8 +275,8 @@ def _in_place(
     computed for the first items.
     """
     start = len(probed)
-    chunk = items if isinstance(items, Sequence) else read_items(items, sys.maxsize, start)
-    outcome = execute(CallSpec("local", fn, star), fn, chunk)
+    chunk = items if isinstance(items, (list, tuple)) else read_items(items, sys.maxsize, start)
+    outcome = execute(_STAR_SPEC if star else _PLAIN_SPEC, fn, chunk)
     if outcome.error is not None:
         raise _error_from(outcome, _Batch(0, start, chunk, None), SerialBackend, _qualname(fn))
     if chunk:
@@ -278,6 +285,10 @@ def _in_place(
         return outcome.results  # type: ignore[return-value]
     probed.extend(outcome.results or ())
     return probed
+
+
+_PLAIN_SPEC = CallSpec("local", None, star=False)
+_STAR_SPEC = CallSpec("local", None, star=True)
 
 
 def _plan_auto(
@@ -337,6 +348,8 @@ def _zip(iterables: tuple[Iterable[Any], ...]) -> Iterator[Any]:
 
 
 def _total(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    if len(iterables) == 1 and type(iterables[0]) in (list, tuple, range):
+        return len(iterables[0])  # type: ignore[arg-type]
     if iterables and all(isinstance(it, Sized) for it in iterables):
         return min(len(it) for it in iterables)  # type: ignore[arg-type]
     hints = [operator.length_hint(it, -1) for it in iterables]
