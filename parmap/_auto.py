@@ -369,6 +369,7 @@ def decide(
 
 
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
+_first_calls: set[tuple[str, str]] = set()
 
 
 def learn(decision: Decision, seconds: float) -> None:
@@ -376,7 +377,8 @@ def learn(decision: Decision, seconds: float) -> None:
 
     A model fitted on other workloads can be off for this one (costly items or
     results to pickle, a cost that varies); after each call sent to a warm
-    backend, the ratio of the wall time to the prediction is folded into that
+    backend (but the first, which also ships the function and warms the
+    workers), the ratio of the wall time to the prediction is folded into that
     function's correction (smoothed geometrically), so a wrong choice is not
     repeated for long.
     """
@@ -385,6 +387,9 @@ def learn(decision: Decision, seconds: float) -> None:
     if name == "serial" or not predicted or decision.startup.get(name):
         return
     key = (decision.fn, name)
+    if key not in _first_calls:  # the first call also ships fn and warms the workers: not typical
+        _first_calls.add(key)
+        return
     ratio = min(max(seconds / predicted, 0.1), 10.0)
     _corrections[key] = min(max(_corrections.get(key, 1.0) * ratio**0.5, 0.25), 20.0)
     log.debug("parmap auto: %s on %s took %s, predicted %s", *key, _fmt(seconds), _fmt(predicted))

@@ -116,8 +116,11 @@ def test_a_call_slower_than_predicted_corrects_later_decisions(monkeypatch):
     monkeypatch.setattr(_auto, "_candidates", lambda: ["loky"])
     monkeypatch.setattr(_auto, "_running", lambda name: True)
     monkeypatch.setattr(_auto, "_corrections", {})
+    monkeypatch.setattr(_auto, "_first_calls", set())
     first = _auto.decide("g", 1000, True, 20e-6, "given", 2)
     assert first.chosen == "loky", str(first)
+    _auto.learn(first, 100.0)  # the first call warms the workers: not learned from
+    assert _auto.decide("g", 1000, True, 20e-6, "given", 2).chosen == "loky"
     for _ in range(4):  # each call took 4x the serial time: loky is a bad choice for g
         decision = _auto.decide("g", 1000, True, 20e-6, "given", 2)
         if decision.chosen == "serial":
