@@ -79,6 +79,14 @@ _EMBEDDED_CONFIG = {
     # Each comm keeps its last messages for debugging, payloads under 1 MB included:
     # with the default 1,000 that is every batch's items, hundreds of MB on a long imap.
     "distributed.admin.low-level-log-length": _MESSAGE_LOG,
+    # Background work that competes with the workers for the CPUs: parmap balances
+    # the load itself (small windows of batches), so no work stealing; and the
+    # event-loop, system and memory monitors look less often than 50, 2 and 10 times
+    # a second in every process.
+    "distributed.scheduler.work-stealing": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
 }
 
 
