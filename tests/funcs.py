@@ -46,6 +46,18 @@ def exit_at(bad, code=3):
     return fn
 
 
+def crash_once(marker, bad=7, code=5):
+    """Exit the worker on item ``bad`` the first time only (``marker``, a path, remembers)."""
+
+    def fn(x):
+        if x == bad and not marker.exists():
+            marker.touch()
+            os._exit(code)
+        return x * 10
+
+    return fn
+
+
 def logged(fn):
     @functools.wraps(fn)
     def wrapper(*args):

@@ -87,15 +87,9 @@ def test_worker_crash_names_the_exit_code_and_retries_work(census, tmp_path):
     assert "exited with code 3" in str(info.value)
     assert 7 in info.value.items
     marker = tmp_path / "crashed-once"
-
-    def crash_once(x):
-        if x == 3 and not marker.exists():
-            marker.touch()
-            os._exit(5)
-        return x * 2
-
+    crash_once = funcs.crash_once(marker, bad=3)
     got = parmap.parmap(crash_once, range(10), backend="dask", chunksize=2, retries=1)
-    assert got == [x * 2 for x in range(10)] and marker.exists()
+    assert got == [x * 10 for x in range(10)] and marker.exists()
 
 
 def test_large_function_is_broadcast_once_and_survives_a_crash(census, tmp_path):

@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import funcs
 import psutil
 import pytest
 from conftest import BACKENDS, children
@@ -290,19 +291,10 @@ def test_timeout_raises_and_stops_running_work(variant, tmp_path, census):
 # 13. retries ----------------------------------------------------------------------------
 
 
-def crash_once(marker: Path):
-    def fn(x):
-        if x == 7 and not marker.exists():
-            marker.touch()
-            os._exit(5)
-        return x * 10
-
-    return fn
-
-
 def test_retries_recover_from_a_crash(remote, tmp_path, census):
     with using(remote):
-        got = parmap.parmap(crash_once(tmp_path / "crashed"), range(30), chunksize=3, retries=2)
+        fn = funcs.crash_once(tmp_path / "crashed")
+        got = parmap.parmap(fn, range(30), chunksize=3, retries=2)
         assert got == [x * 10 for x in range(30)]
         assert (tmp_path / "crashed").exists()
 
@@ -310,7 +302,7 @@ def test_retries_recover_from_a_crash(remote, tmp_path, census):
 def test_no_retries_fails_fast(remote, tmp_path, census):
     with using(remote):
         with pytest.raises(parmap.WorkerCrashedError):
-            parmap.parmap(crash_once(tmp_path / "crashed"), range(30), chunksize=3, retries=0)
+            parmap.parmap(funcs.crash_once(tmp_path / "crashed"), range(30), chunksize=3, retries=0)
         assert_next_call_works()
 
 

@@ -24,7 +24,6 @@ import tempfile
 import textwrap
 import time
 from contextlib import contextmanager, suppress
-from pathlib import Path
 
 import funcs
 import psutil
@@ -241,23 +240,13 @@ def test_a_busy_worker_holds_no_queued_batch(tmp_path):
 
 def test_rays_own_retries_are_off_and_retries_are_parmaps(tmp_path):
     marker = tmp_path / "crashed"
-    crash_once = crashing_once(marker)
+    crash_once = funcs.crash_once(marker)
     with pytest.raises(parmap.WorkerCrashedError) as info:
         parmap.parmap(crash_once, range(20), backend="ray", chunksize=2)
     assert "os._exit()" in str(info.value) and 7 in info.value.items
     marker.unlink()
     got = parmap.parmap(crash_once, range(20), backend="ray", chunksize=2, retries=1)
     assert got == [x * 10 for x in range(20)] and marker.exists()
-
-
-def crashing_once(marker: Path):
-    def fn(x):
-        if x == 7 and not marker.exists():
-            marker.touch()
-            os._exit(5)
-        return x * 10
-
-    return fn
 
 
 def test_a_ray_task_error_is_unwrapped_to_the_original_type():
