@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -328,6 +329,65 @@ def test_imap_over_a_huge_generator_runs_in_bounded_memory(variant, census):
         growth = (peak - before) / 2**20
         print(f"{variant}: {n:,} items, RSS growth {growth:.1f} MiB")
         assert growth < 200
+
+
+# 5, 6, 7, 11, 14 on every start method (the contract suite runs the default one) ----------
+
+START_VARIANTS = [v for v in VARIANTS if v.startswith("multiprocessing-")]
+
+
+def _leave(x):
+    if x == 5:
+        raise SystemExit(4)
+    return x
+
+
+def _source():
+    yield from range(5)
+    raise OSError("disk gone")
+
+
+def _make_lock(x):
+    return threading.Lock() if x == 6 else x
+
+
+CASES = {
+    "5-unpicklable-fn": (parmap.SerializationError, "could not be pickled", None),
+    "6-unpicklable-item": (parmap.SerializationError, "item 2", None),
+    "6-unpicklable-result": (parmap.SerializationError, "item 6", None),
+    "7-sys-exit": (SystemExit, None, None),
+    "11-input-raises": (OSError, "disk gone", "item 5"),
+    "14-initializer-raises": (parmap.WorkerInitializationError, "initializer refuses", None),
+}
+
+
+def _run_case(case):
+    lock = threading.Lock()
+    if case == "5-unpicklable-fn":
+        return parmap.parmap(lambda x: (lock, x)[1], range(10))
+    if case == "6-unpicklable-item":
+        return parmap.parmap(funcs.square, [1, 2, threading.Lock(), 4], chunksize=10)
+    if case == "6-unpicklable-result":
+        return parmap.parmap(_make_lock, range(10), chunksize=10)
+    if case == "7-sys-exit":
+        return parmap.parmap(_leave, range(10))
+    if case == "11-input-raises":
+        return parmap.parmap(funcs.square, _source())
+    return parmap.parmap(funcs.square, range(10), initializer=funcs.init_fails)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("start_variant", START_VARIANTS)
+def test_errors_before_and_around_the_work_on_every_start_method(start_variant, case, census):
+    kind, message, note = CASES[case]
+    with using(start_variant):
+        with pytest.raises(kind, match=message) as info:
+            _run_case(case)
+        if note is not None:
+            assert note in "\n".join(info.value.__notes__)
+        if kind is SystemExit:
+            assert info.value.code == 4
+        assert_next_call_works()  # case 16
 
 
 # 17. a long DEAP run: many small calls ------------------------------------------------------
