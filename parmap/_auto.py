@@ -98,12 +98,23 @@ class Calibration:
         It counts one batch per worker and no start-up, so it is cheap enough for
         every call; when serial is below it, the predictions can be skipped.
         """
+        if n_items >= workers and n_items * cost <= self._fixed_floor(workers):
+            return self._fixed_floor(workers)  # a quick answer for most cheap calls
         batches, work = min(n_items, workers), cost * math.ceil(n_items / workers)
         lowest = math.inf if self.models else 0.0
         for m in self.models.values():
             bound = m.fixed + m.per_item * n_items + m.per_batch * batches + m.work_factor * work
             lowest = min(lowest, bound)
         return lowest
+
+    def _fixed_floor(self, workers: int) -> float:
+        """The least any backend spends on a call of ``workers`` items or more, work aside."""
+        floors = self.__dict__.setdefault("_fixed_floors", {})
+        if workers not in floors:
+            floors[workers] = min(
+                (m.fixed + m.per_batch * workers for m in self.models.values()), default=0.0
+            )
+        return floors[workers]
 
     def describe(self) -> str:
         """One line for ``parmap info``."""

@@ -143,9 +143,9 @@ def check_name(name: Any, *, source: str) -> None:
 
 
 def _spec(name: Any, *, source: str) -> BackendSpec:
-    with _lock:
-        spec = _specs.get(name) if isinstance(name, str) else None
-        if spec is None:
+    spec = _specs.get(name) if isinstance(name, str) else None  # the common case: no lock
+    if spec is None:
+        with _lock:
             _load_entry_points()
             spec = _specs.get(name) if isinstance(name, str) else None
     if spec is None:
