@@ -126,7 +126,7 @@ def grid(per_us: float, backends: list[str], repeats: int, quick: bool) -> tuple
             if n * cost * 1e-6 > GRID_BUDGET:
                 cells.append(f"{'-':>10}")
                 continue
-            rounds = max(repeats, min(100, int(0.05 / (n * cost * 1e-6))))  # steady short cells
+            rounds = max(repeats, 5, min(100, int(0.05 / (n * cost * 1e-6))))  # steadier cells
             t = compare(fn, workloads.seeds(n), ["map", *backends, "auto"], rounds)
             best = min((name for name in t if name != "auto"), key=lambda b: median(t[b]))
             ratio = paired_ratio(t["auto"], t[best])
