@@ -15,7 +15,9 @@ One decision::
                       SERIAL_MARGIN (1.1x) faster: a model's error near the crossover
                       should cost little, not a needless parallel call
     feedback          the wall time of each call sent to a backend corrects that
-                      backend's later predictions for the same function (learn())
+                      backend's later predictions for the same function (learn());
+                      a warm backend predicted close to serial is tried every
+                      EXPLORE_EVERY-th call, so that a pessimistic model is corrected too
 
 The models come from a per-machine calibration that ``parmap bench --calibrate``
 writes to the cache directory (``$PARMAP_CALIBRATION`` overrides the path) and
@@ -63,6 +65,8 @@ READ_AHEAD = 4096
 PROBE_SECONDS = 2e-4
 PROBE_ITEMS = 32
 SERIAL_MARGIN = 1.1  # a backend must be predicted this much faster than serial
+EXPLORE_EVERY = 4  # ... or, warm and predicted within EXPLORE_BAND of serial, be due a try
+EXPLORE_BAND = 1.5
 CALIBRATION_SCHEMA = 1
 
 # Conservative constants (seconds) for when no calibration can be had: measured
@@ -323,7 +327,8 @@ def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool
     if cost is None or n_items is None:
         return False
     workers = workers or _default_workers()
-    serial = n_items * cost <= load_calibration(workers).floor(n_items, cost, workers)
+    floor = load_calibration(workers).floor(n_items, cost, workers)
+    serial = n_items * cost * EXPLORE_BAND <= floor  # beyond even a try (see _explore)
     if serial and log.isEnabledFor(logging.DEBUG):
         log.debug(
             "parmap auto: %s over %d items of ~%s each: serial (under any backend's fixed cost)",
@@ -358,7 +363,7 @@ def decide(
     decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
     calibration = load_calibration(workers)
     decision.calibration = calibration
-    if n_items < 2 or serial_seconds <= calibration.floor(n_items, cost, workers):
+    if n_items < 2 or serial_seconds * EXPLORE_BAND <= calibration.floor(n_items, cost, workers):
         return decision  # no backend can win: skip the candidates
     candidates = _candidates()
     for name in candidates:
@@ -373,14 +378,34 @@ def decide(
         correction = _corrections.get((fn_name, name), 1.0)
         predictions[name] = model.predict(n_items, cost) * correction + startup
         decision.startup[name] = startup
-    fastest = min(predictions, key=predictions.__getitem__)
-    if predictions[fastest] * SERIAL_MARGIN < serial_seconds:  # a clear win only: models err
-        decision.chosen = fastest
+    best = min((n for n in predictions if n != "serial"), key=predictions.__getitem__, default="")
+    if not best:
+        return decision
+    clear_win = predictions[best] * SERIAL_MARGIN < serial_seconds  # models err: no close calls
+    close = predictions[best] < serial_seconds * EXPLORE_BAND
+    if clear_win or (close and _explore(fn_name, best, decision)):
+        decision.chosen = best
     return decision
+
+
+def _explore(fn_name: str, name: str, decision: Decision) -> bool:
+    """Whether to try, this once, a warm backend predicted close to serial.
+
+    Feedback only corrects the backends auto runs. A warm backend predicted
+    within EXPLORE_BAND of serial is tried every EXPLORE_EVERY-th decision for
+    the function, so a pessimistic model gets corrected too; once the tries show
+    it slower, its correction lifts it out of the band and the tries stop.
+    """
+    if decision.startup.get(name):
+        return False
+    key = (fn_name, name)
+    _explored[key] = _explored.get(key, 0) + 1
+    return _explored[key] % EXPLORE_EVERY == 0
 
 
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
 _first_calls: set[tuple[str, str]] = set()
+_explored: dict[tuple[str, str], int] = {}
 
 
 def learn(decision: Decision, seconds: float) -> None:

@@ -130,6 +130,29 @@ def test_a_call_slower_than_predicted_corrects_later_decisions(monkeypatch):
     assert _auto.decide("other", 1000, True, 20e-6, "given", 2).chosen == "loky"
 
 
+def test_a_backend_predicted_close_to_serial_is_tried_and_learned(monkeypatch):
+    model = _auto.OverheadModel("loky", 2, "parmap", 2e-4, fixed=8e-3)  # pessimistic
+    calibration = _auto.Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
+    monkeypatch.setattr(_auto, "load_calibration", lambda workers, **_: calibration)
+    monkeypatch.setattr(_auto, "_candidates", lambda: ["loky"])
+    monkeypatch.setattr(_auto, "_running", lambda name: True)
+    for table in ("_corrections", "_explored"):
+        monkeypatch.setattr(_auto, table, {})
+    monkeypatch.setattr(_auto, "_first_calls", set())
+
+    def decide():
+        return _auto.decide("h", 10, True, 1e-3, "given", 2)  # serial 10 ms, loky ~13 ms
+
+    chosen = []
+    for _ in range(3 * _auto.EXPLORE_EVERY):
+        decision = decide()
+        chosen.append(decision.chosen)
+        if decision.chosen == "loky":
+            _auto.learn(decision, 6e-3)  # it really takes 6 ms
+    assert chosen[: _auto.EXPLORE_EVERY - 1] == ["serial"] * (_auto.EXPLORE_EVERY - 1)
+    assert chosen[-1] == "loky" and decide().chosen == "loky"
+
+
 def test_calibration_is_measured_written_and_shown(tmp_path, monkeypatch, census):
     pytest.importorskip("numpy")
     path = tmp_path / "calibration.json"
