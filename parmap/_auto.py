@@ -65,8 +65,8 @@ READ_AHEAD = 4096
 PROBE_SECONDS = 2e-4
 PROBE_ITEMS = 32
 SERIAL_MARGIN = 1.1  # a backend must be predicted this much faster than serial
-EXPLORE_EVERY = 4  # ... or, warm and predicted within EXPLORE_BAND of serial, be due a try
-EXPLORE_BAND = 1.5
+EXPLORE_EVERY = 8  # ... or, warm and predicted within EXPLORE_BAND of serial, be due a try
+EXPLORE_BAND = 1.25
 CALIBRATION_SCHEMA = 1
 
 # Conservative constants (seconds) for when no calibration can be had: measured

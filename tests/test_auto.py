@@ -131,7 +131,7 @@ def test_a_call_slower_than_predicted_corrects_later_decisions(monkeypatch):
 
 
 def test_a_backend_predicted_close_to_serial_is_tried_and_learned(monkeypatch):
-    model = _auto.OverheadModel("loky", 2, "parmap", 2e-4, fixed=8e-3)  # pessimistic
+    model = _auto.OverheadModel("loky", 2, "parmap", 2e-4, fixed=6e-3)  # pessimistic
     calibration = _auto.Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
     monkeypatch.setattr(_auto, "load_calibration", lambda workers, **_: calibration)
     monkeypatch.setattr(_auto, "_candidates", lambda: ["loky"])
@@ -141,7 +141,7 @@ def test_a_backend_predicted_close_to_serial_is_tried_and_learned(monkeypatch):
     monkeypatch.setattr(_auto, "_first_calls", set())
 
     def decide():
-        return _auto.decide("h", 10, True, 1e-3, "given", 2)  # serial 10 ms, loky ~13 ms
+        return _auto.decide("h", 10, True, 1e-3, "given", 2)  # serial 10 ms, loky ~11 ms
 
     chosen = []
     for _ in range(3 * _auto.EXPLORE_EVERY):
