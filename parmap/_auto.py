@@ -331,7 +331,7 @@ def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool
     serial = n_items * cost * EXPLORE_BAND <= floor  # beyond even a try (see _explore)
     if serial and log.isEnabledFor(logging.DEBUG):
         log.debug(
-            "parmap auto: %s over %d items of ~%s each: serial (under any backend's fixed cost)",
+            "parmap auto: %s over %d items of ~%s each: serial (below every backend's lower bound)",
             fn_name, n_items, _fmt(cost),
         )  # fmt: skip
     return serial
@@ -399,13 +399,22 @@ def _explore(fn_name: str, name: str, decision: Decision) -> bool:
     if decision.startup.get(name):
         return False
     key = (fn_name, name)
-    _explored[key] = _explored.get(key, 0) + 1
+    _bounded(_explored)[key] = _explored.get(key, 0) + 1
     return _explored[key] % EXPLORE_EVERY == 0
 
 
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
 _first_calls: set[tuple[str, str]] = set()
 _explored: dict[tuple[str, str], int] = {}
+_FEEDBACK_ENTRIES = 4096
+
+
+def _bounded(table: Any) -> Any:
+    """``table``, emptied first if full: a program that maps a new callable object on
+    every call must not grow the feedback tables (or the cost memory) without bound."""
+    if len(table) >= _FEEDBACK_ENTRIES:
+        table.clear()
+    return table
 
 
 def learn(decision: Decision, seconds: float) -> None:
@@ -424,10 +433,11 @@ def learn(decision: Decision, seconds: float) -> None:
         return
     key = (decision.fn, name)
     if key not in _first_calls:  # the first call also ships fn and warms the workers: not typical
-        _first_calls.add(key)
+        _bounded(_first_calls).add(key)
         return
     ratio = min(max(seconds / predicted, 0.1), 10.0)
-    _corrections[key] = min(max(_corrections.get(key, 1.0) * ratio**0.5, 0.25), 20.0)
+    correction = min(max(_corrections.get(key, 1.0) * ratio**0.5, 0.25), 20.0)
+    _bounded(_corrections)[key] = correction
     log.debug("parmap auto: %s on %s took %s, predicted %s", *key, _fmt(seconds), _fmt(predicted))
 
 
