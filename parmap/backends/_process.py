@@ -155,7 +155,8 @@ def _crash_exitcode(pool: cf.Executor | None) -> int | None:
     The pool's manager thread joins them itself; it goes first. Two threads
     polling one forkserver child race to read its status from the one pipe,
     and the loser records 255 (CPython's ``popen_forkserver.Popen.poll`` is not
-    thread-safe), so the exit code is read only after that thread is done.
+    thread-safe; gh-140867 reports 255 from the same pattern), so the exit code
+    is read only after that thread is done.
     """
     processes = _processes(pool)
     deadline = time.monotonic() + 5.0
