@@ -44,6 +44,8 @@ __all__ = [
     "paired_ratio",
     "ratio_line",
     "spin",
+    "spin_loops",
+    "spinning",
     "time_call",
     "timings",
 ]
@@ -143,6 +145,23 @@ def spin(iterations: int) -> int:
     for i in range(iterations):
         total += i
     return total
+
+
+def spin_loops(seconds: float) -> int:
+    """Iterations of :func:`spin` that take about ``seconds`` here (the fastest of a few
+    probes: the speed of an uncontended CPU)."""
+    probe = 200_000
+    best = min(time_call(lambda: spin(probe)) for _ in range(7))
+    return max(1, round(probe * seconds / best))
+
+
+def spinning(loops: int) -> Callable[[int], int]:
+    """A pure-Python function of ``loops`` :func:`spin` iterations per item."""
+
+    def work(x: int) -> int:
+        return spin(loops) + x
+
+    return work
 
 
 def fmt_seconds(seconds: float) -> str:

@@ -36,6 +36,8 @@ from _common import (  # noqa: E402
     median,
     median_time,
     paired_ratio,
+    spin_loops,
+    spinning,
     time_call,
     timings,
 )
@@ -47,21 +49,6 @@ cloudpickle.register_pickle_by_value(_common)  # spin() travels to the workers b
 
 def trivial(x: int) -> int:
     return x + 1
-
-
-def calibrate(seconds: float) -> int:
-    """Iterations of ``_common.spin`` that take about ``seconds`` here."""
-    probe = 200_000  # the fastest of a few probes: the speed of an uncontended CPU
-    per_iteration = min(time_call(lambda: _common.spin(probe)) for _ in range(7)) / probe
-    return max(1, round(seconds / per_iteration))
-
-
-def spinner(iterations: int):
-    def work(x: int) -> int:
-        _common.spin(iterations)
-        return x
-
-    return work
 
 
 def dask_map(client, fn, items) -> float:
@@ -92,7 +79,7 @@ def main() -> int:
     checks.at_least("client.map / parmap, 100,000 trivial items", mapped / ours, 1000)
 
     for cost, count, target in ((10e-3, 200, 0.55), (100e-6, 5_000, 0.65)):
-        fn = spinner(calibrate(cost))
+        fn = spinning(spin_loops(cost))
         work = list(range(count))
         times = interleaved(  # in turns, so that a change of load hits all alike
             {

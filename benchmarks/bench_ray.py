@@ -47,7 +47,8 @@ from _common import (  # noqa: E402
     interleaved,
     median,
     paired_ratio,
-    spin,
+    spin_loops,
+    spinning,
     timings,
 )
 from deap import algorithms, base, creator, tools  # noqa: E402
@@ -62,22 +63,6 @@ for module in (_common, _ga, onemax):  # workers may not import these: ship them
 
 def trivial(x: int) -> int:
     return x
-
-
-def calibrated_loops(seconds: float) -> int:
-    """How many :func:`spin` iterations take about ``seconds`` here."""
-    n = 200_000
-    best = min(timings(lambda: spin(n), repeats=3))
-    return max(1, round(n * seconds / best))
-
-
-def spinning(loops: int) -> Callable[[int], int]:
-    """A pure-Python function of ``loops`` iterations per item."""
-
-    def work(x: int) -> int:
-        return spin(loops) + x
-
-    return work
 
 
 # -- the peers a Ray user would write ------------------------------------------------------
@@ -174,8 +159,7 @@ def versus_serial(
     Beside them, the same items in equal shares on plain forked processes: the
     best any scheduler could do on this machine at that moment.
     """
-    loops = calibrated_loops(seconds)
-    fn = spinning(loops)
+    fn = spinning(spin_loops(seconds))
     items = list(range(n))
     warm(fn, items[: max(40, n // 10)])
     times = interleaved(

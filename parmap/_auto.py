@@ -102,8 +102,9 @@ class Calibration:
         It counts one batch per worker and no start-up, so it is cheap enough for
         every call; when serial is below it, the predictions can be skipped.
         """
-        if n_items >= workers and n_items * cost <= self._fixed_floor(workers):
-            return self._fixed_floor(workers)  # a quick answer for most cheap calls
+        fixed_floor = self._fixed_floor(workers)
+        if n_items >= workers and n_items * cost <= fixed_floor:
+            return fixed_floor  # a quick answer for most cheap calls
         batches, work = min(n_items, workers), cost * math.ceil(n_items / workers)
         lowest = math.inf if self.models else 0.0
         for m in self.models.values():
