@@ -9,8 +9,10 @@ as a fallback), so the second DEAP generation starts where the first left off.
     cost unknown ──► probe: one small batch per worker, wait for timings
          │
          ▼
-    size = ceil(remaining / (2 * workers))        guided self-scheduling:
-    clamped to [min_size, max_size]               big batches first, a finer tail
+    rounds of one batch per worker, all of      guided self-scheduling in rounds:
+    size = ceil(remaining / (2 * workers))        big batches first, a finer tail;
+      below min_size: the last round, what is     equal sizes within a round, so any
+        left in equal shares                      placement of them stays balanced
       min_size: batch lasts >= 20 x overhead       (overhead <= 5%)
       max_size: batch lasts <= 1 s                 (balance, progress, timeouts)
       and never above ceil(total / workers)        (every worker gets work)
@@ -120,6 +122,8 @@ class Batcher:
         self.chunksize = chunksize
         self.cost = costs.get(*keys)
         self.dispatched = 0
+        self._round_size = 0
+        self._round_left = 0  # batches still to dispatch at _round_size
 
     @property
     def probing(self) -> bool:
@@ -137,13 +141,19 @@ class Batcher:
         max_size = max(min_size, math.floor(MAX_BATCH_SECONDS / cost))
         if self.total is None:
             return min(max_size, 4 * min_size, STREAM_BATCH_ITEMS)
-        remaining = max(1, self.total - self.dispatched)
-        size = min(max(math.ceil(remaining / (2 * self.workers)), min_size), max_size)
-        return max(1, min(size, math.ceil(self.total / self.workers)))
+        if self._round_left == 0:  # a new round: one batch per worker, all the same size
+            remaining = max(1, self.total - self.dispatched)
+            size = math.ceil(remaining / (2 * self.workers))
+            if size < min_size:  # the last round: what is left, in equal shares
+                size = math.ceil(remaining / self.workers)
+            self._round_size = max(1, min(size, max_size, math.ceil(self.total / self.workers)))
+            self._round_left = self.workers
+        return self._round_size
 
     def took(self, size: int) -> None:
         """Record that a batch of ``size`` items was dispatched."""
         self.dispatched += size
+        self._round_left = max(0, self._round_left - 1)
 
     def observe(self, items: int, seconds: float) -> None:
         """Learn from one finished batch: ``items`` computed in ``seconds`` on a worker."""

@@ -36,10 +36,20 @@ def test_batches_hide_the_overhead():
     assert len(sizes) < 20
 
 
-def test_guided_tail_gets_finer_and_balances():
+def test_guided_tail_gets_finer_in_rounds_of_equal_batches():
     sizes = plan(200, 10e-3)  # 10 ms items, 2 workers
     assert sizes[0] == 50 and sizes[-1] <= 2
     assert sizes == sorted(sizes, reverse=True)
+    rounds = [sizes[i : i + 2] for i in range(0, len(sizes), 2)]
+    assert all(a == b for a, b in rounds)  # however batches are placed, each round balances
+
+
+def test_a_small_call_on_a_slow_backend_is_split_evenly():
+    # A DEAP generation: ~180 items of ~1.4 ms on a backend with a 5 ms round trip
+    # (the overhead floor is 72 items): two equal batches, not 72, 72, 37.
+    assert plan(181, 1.4e-3, overhead=5e-3) == [91, 90]
+    assert plan(300, 1.4e-3, overhead=5e-3) == [75, 75, 75, 75]
+    assert plan(5000, 1e-4, overhead=5e-3) == [1250] * 4
 
 
 def test_batches_never_exceed_a_second():
