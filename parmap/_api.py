@@ -31,6 +31,7 @@ import operator
 import reprlib
 import sys
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from functools import partial
@@ -688,16 +689,35 @@ def _cost_name(fn: Any) -> str:
     """What the cost memory knows ``fn`` by, cheap enough for every call: its name.
 
     A callable object's identity is added: two instances of one class (say, one
-    fitness per problem size) may cost very differently.
+    fitness per problem size) may cost very differently. What was learned about
+    an object is forgotten when it dies, since a later object may get its id.
     """
     base = fn
     while isinstance(base, partial):
         base = base.func
     base = getattr(base, "__func__", base)
-    name = _qualname(base)
     if isinstance(base, (FunctionType, BuiltinFunctionType, type)):
-        return name
-    return f"{name}@{id(base):x}"
+        return _qualname(base)
+    key = id(base)
+    name = _live_objects.get(key)
+    if name is None:
+        name = f"{_qualname(base)}@{key:x}"
+        try:
+            weakref.finalize(base, _forget, key, name).atexit = False
+        except TypeError:  # no weak references to it: its id may name a later object too
+            return name
+        _live_objects[key] = name
+    return name
+
+
+_live_objects: dict[int, str] = {}  # id -> cost name of the callable objects seen alive
+
+
+def _forget(key: int, name: str) -> None:
+    """A callable object died: drop what was learned about it (see :func:`_cost_name`)."""
+    _live_objects.pop(key, None)
+    costs.forget("name:" + name)
+    _auto.forget(name)
 
 
 def _qualname(fn: Any) -> str:

@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from parmap import _registry
 from parmap._batching import costs, read_items
+from parmap._config import getenv
 from parmap._model import OverheadModel
 
 __all__ = [
@@ -132,7 +133,7 @@ class Calibration:
 
 def calibration_path() -> Path:
     """Where the calibration lives: ``$PARMAP_CALIBRATION`` or the user's cache folder."""
-    override = os.environ.get("PARMAP_CALIBRATION", "").strip()
+    override = getenv("PARMAP_CALIBRATION").strip()
     if override and override != "defaults":
         return Path(override).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -189,7 +190,7 @@ def load_calibration(workers: int, *, calibrate: bool = True) -> Calibration:
     Returns:
         A :class:`Calibration`; built-in defaults when none can be had.
     """
-    setting = os.environ.get("PARMAP_CALIBRATION", "").strip()
+    setting = getenv("PARMAP_CALIBRATION").strip()
     cached = _by_setting.get((setting, workers))
     if cached is not None:
         return cached
@@ -418,6 +419,15 @@ def _bounded(table: Any) -> Any:
     return table
 
 
+def forget(fn_name: str) -> None:
+    """Drop the feedback about a function (a callable object that died)."""
+    for table in (_corrections, _explored):
+        for key in [key for key in list(table) if key[0] == fn_name]:
+            table.pop(key, None)
+    for key in [key for key in list(_first_calls) if key[0] == fn_name]:
+        _first_calls.discard(key)
+
+
 def learn(decision: Decision, seconds: float) -> None:
     """Correct a backend's predictions for one function by a call's measured wall time.
 
@@ -446,7 +456,7 @@ def _candidates() -> list[str]:
     clusters = [
         name
         for name, variable in (("ray", "RAY_ADDRESS"), ("dask", "DASK_SCHEDULER_ADDRESS"))
-        if os.environ.get(variable) or (name == "ray" and _ray_initialized())
+        if getenv(variable) or (name == "ray" and _ray_initialized())
     ]
     names = clusters or list(PARALLEL)
     return [name for name in names if _registry.is_installed(name)]

@@ -91,6 +91,10 @@ class CostMemory:
                 self._by_key.popitem(last=False)
         return estimate
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._by_key.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._by_key.clear()

@@ -20,7 +20,7 @@ from typing import Any
 
 from parmap import _registry
 
-__all__ = ["BackendChoice", "config", "current_options", "get_backend", "resolve"]
+__all__ = ["BackendChoice", "config", "current_options", "get_backend", "getenv", "resolve"]
 
 CONFIG_KEYS = frozenset(
     {"backend", "workers", "chunksize", "retries", "timeout", "progress", "address", "start_method"}
@@ -76,10 +76,25 @@ def resolve(key: str, explicit: Any = None) -> tuple[Any, str]:
     if context.get(key) is not None:
         return context[key], "config"
     env = ENV_VARS.get(key)
-    if env and os.environ.get(env, "").strip():
-        raw = os.environ[env].strip()
+    raw = getenv(env).strip() if env else ""
+    if raw:
         return (_parse_workers(raw) if key == "workers" else raw), "environment"
     return None, "default"
+
+
+# The bytes-keyed dict behind os.environ on POSIX (CPython keeps it in step with
+# every change made through os.environ). os.environ.get of an unset variable
+# raises and catches a KeyError inside: 1.1 us here, against 0.3 us for a set
+# one, and a call with backend="auto" reads three unset variables.
+_ENVIRON_DATA = getattr(os.environ, "_data", None) if os.name == "posix" else None
+
+
+def getenv(name: str) -> str:
+    """``os.environ.get(name, "")``, without the cost of an exception when unset."""
+    if type(_ENVIRON_DATA) is dict:
+        raw = _ENVIRON_DATA.get(name.encode())
+        return "" if raw is None else os.fsdecode(raw)
+    return os.environ.get(name, "")
 
 
 def _parse_workers(raw: str) -> int:

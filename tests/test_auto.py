@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -96,6 +97,29 @@ def test_a_cluster_address_makes_its_engine_the_candidate(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     expected = ["dask"] if parmap._registry.is_installed("dask") else []
     assert _auto._candidates() == expected
+
+
+class Scaled:
+    """A callable object: each instance its own cost."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, x):
+        return x * self.factor
+
+
+def test_what_was_learned_about_a_callable_object_dies_with_it():
+    fitness = Scaled(3)
+    assert parmap.parmap(fitness, range(50), backend="auto") == [3 * i for i in range(50)]
+    name = parmap._api._cost_name(fitness)
+    assert name.startswith(f"{__name__}.Scaled@") and costs.get("name:" + name) is not None
+    other = Scaled(4)
+    assert parmap._api._cost_name(other) != name  # each instance learns on its own
+    del fitness
+    gc.collect()
+    assert costs.get("name:" + name) is None  # a later object given the same id starts afresh
+    assert name not in parmap._api._live_objects.values()
 
 
 def test_decision_math_on_a_known_calibration(monkeypatch):
