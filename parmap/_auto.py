@@ -325,7 +325,7 @@ def plan(
 def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool:
     """True when ``fn``'s remembered cost makes serial beat every backend's lower bound:
     the fast path of ``auto``, decided without probing or predicting."""
-    cost = costs.get("name:" + fn_name)
+    cost = costs.peek("name:" + fn_name)
     if cost is None or n_items is None:
         return False
     workers = workers or _default_workers()

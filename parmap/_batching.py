@@ -47,7 +47,7 @@ STREAM_BATCH_ITEMS = 50_000  # a cheap function over a generator: ~1-2 MB per ba
 _SMOOTHING = 0.3
 
 
-@dataclass
+@dataclass(slots=True)
 class _Estimate:
     seconds_per_item: float
     samples: int
@@ -70,25 +70,33 @@ class CostMemory:
                     return self._by_key[key].seconds_per_item
         return None
 
+    def peek(self, key: str) -> float | None:
+        """The remembered cost for ``key``, read without the lock or an LRU refresh
+        (the in-place path of ``auto`` reads it on every call; it observes next)."""
+        estimate = self._by_key.get(key)
+        return None if estimate is None else estimate.seconds_per_item
+
     def observe(self, keys: tuple[str | None, ...], items: int, seconds: float) -> float:
         """Fold one batch's timing into every key; return the updated estimate."""
         sample = max(seconds, 1e-9) / max(items, 1)
         estimate = sample
         with self._lock:
+            by_key = self._by_key
             for key in keys:
                 if key is None:
                     continue
-                old = self._by_key.get(key)
+                old = by_key.get(key)
                 if old is None:
-                    self._by_key[key] = _Estimate(sample, 1)
-                else:
-                    weight = max(_SMOOTHING, 1.0 / (old.samples + 1))
-                    old.seconds_per_item += weight * (sample - old.seconds_per_item)
-                    old.samples += 1
-                    self._by_key.move_to_end(key)
-                estimate = self._by_key[key].seconds_per_item
-            while len(self._by_key) > self._capacity:
-                self._by_key.popitem(last=False)
+                    by_key[key] = _Estimate(sample, 1)
+                    if len(by_key) > self._capacity:
+                        by_key.popitem(last=False)
+                    estimate = sample
+                    continue
+                weight = max(_SMOOTHING, 1.0 / (old.samples + 1))
+                old.seconds_per_item += weight * (sample - old.seconds_per_item)
+                old.samples += 1
+                by_key.move_to_end(key)
+                estimate = old.seconds_per_item
         return estimate
 
     def forget(self, key: str) -> None:

@@ -175,4 +175,13 @@ def get_backend(backend: str | None = None, workers: int | None = None) -> Backe
         name = _registry.default_backend()
     else:
         _registry.check_name(name, source=source)
-    return BackendChoice(name, source, count, count_source)
+    key = (name, source, count, count_source)
+    choice = _choices.get(key)
+    if choice is None:  # making a frozen dataclass costs more than the rest of this function
+        if len(_choices) >= 256:
+            _choices.clear()
+        choice = _choices[key] = BackendChoice(name, source, count, count_source)
+    return choice
+
+
+_choices: dict[tuple[str, str, int | None, str], BackendChoice] = {}

@@ -24,7 +24,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from parmap._serialization import dumps, loads, loads_function
@@ -84,7 +84,7 @@ class Outcome:
 
     results: list[Any] | None
     seconds: float
-    pid: int = field(default_factory=os.getpid)
+    pid: int = 0  # of the worker process that ran it (set by run_batch)
     error: ErrorRecord | None = None
 
 
@@ -126,8 +126,11 @@ def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return _dump(Outcome(None, 0.0, error=ErrorRecord.capture("load", None, exc)))
-    return _dump(execute(spec, fn, items))
+        outcome = Outcome(None, 0.0, error=ErrorRecord.capture("load", None, exc))
+    else:
+        outcome = execute(spec, fn, items)
+    outcome.pid = os.getpid()
+    return _dump(outcome)
 
 
 def _with_initializer(spec: CallSpec) -> CallSpec:
