@@ -10,7 +10,7 @@ verdict is the median of the paired ratios), and beside them two plain forked
 processes share the same busy loop, once each way: the best ratio the machine
 allows at that moment (on a shared VM it is often well above 0.5).
 
-    python benchmarks/bench_deap.py [--cost-ms 2] [--pop 300] [--ngen 5] [--rounds 3]
+    python benchmarks/bench_deap.py [--cost-ms 2] [--pop 300] [--ngen 5] [--rounds 5]
                                     [--backends a,b]
 """
 
@@ -64,7 +64,7 @@ def main() -> int:
     parser.add_argument("--pop", type=int, default=300)
     parser.add_argument("--ngen", type=int, default=5)
     parser.add_argument("--seed", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="serial/backend pairs per backend")
+    parser.add_argument("--rounds", type=int, default=5, help="serial/backend pairs per backend")
     parser.add_argument("--backends", default=",".join(parmap.available_backends()))
     args = parser.parse_args()
     header(f"DEAP OneMax: {args.pop} individuals, {args.ngen} generations, ~{args.cost_ms} ms/eval")
