@@ -72,7 +72,7 @@ class CostMemory:
 
     def peek(self, key: str) -> float | None:
         """The remembered cost for ``key``, read without the lock or an LRU refresh
-        (the in-place path of ``auto`` reads it on every call; it observes next)."""
+        (auto's in-place path reads it on every call, a fraction of a microsecond)."""
         estimate = self._by_key.get(key)
         return None if estimate is None else estimate.seconds_per_item
 
