@@ -296,11 +296,10 @@ class RayBackend(Backend):
                 if isinstance(exc, _CRASHES) and slot.actor is job.actor:
                     slot.dead = True
                 self._dispatch()
-            with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
-                if exc is None:
-                    job.future.set_result(done.result())
-                else:
-                    job.future.set_exception(exc)
+            if exc is None:
+                job.future.set_result(done.result())
+            else:
+                job.future.set_exception(exc)
 
     def _pool(self) -> list[_Slot]:
         """The workers: started on first use; a dead one is replaced (on its node if alive)."""
