@@ -112,9 +112,49 @@ def parmap(
         WorkerInitializationError: ``initializer`` raised.
         TimeoutError: ``timeout`` passed (a builtin ``TimeoutError`` too).
     """
+    if (
+        len(iterables) == 1
+        and workers is None
+        and chunksize is None
+        and progress is None
+        and timeout is None
+        and retries is None
+        and initializer is None
+        and address is None
+    ):  # the common small call: maybe nothing to decide
+        results = _at_once(fn, iterables[0], backend)
+        if results is not None:
+            return results
     options = locals()
     items, star, total = _zip(iterables), len(iterables) > 1, _total(iterables)
     return _run(fn, items, options, star=star, total=total, sequence=_sequence(iterables))
+
+
+def _at_once(fn: Callable[..., Any], iterable: Iterable[Any], backend: str | None) -> Any:
+    """The results of a call that runs in place for want of any choice, else None.
+
+    A list or tuple under ``backend="serial"``, or under ``"auto"`` with a function
+    whose remembered cost keeps it serial, named by the argument or, outside any
+    ``config()`` context, by ``$PARMAP_BACKEND`` alone: what :func:`_run` would do
+    in place, without resolving every setting first. At 10 items of 3 µs that
+    resolution was a third of the call (bench_auto's grid).
+    """
+    if type(iterable) not in (list, tuple) or not callable(fn):
+        return None
+    if backend is None:
+        if _worker.in_worker or _config.current_options():
+            return None
+        backend = _config.getenv("PARMAP_BACKEND").strip()
+    if _config.getenv("PARMAP_WORKERS"):  # to be checked, and auto to count with
+        return None
+    if backend == "serial":
+        return _in_place(fn, iterable, False, [])  # type: ignore[arg-type]
+    if backend != _registry.AUTO:
+        return None
+    name = _cost_name(fn)
+    if not _auto.stays_serial(name, len(iterable), None):  # type: ignore[arg-type]
+        return None
+    return _in_place(fn, iterable, False, [], name)  # type: ignore[arg-type]
 
 
 def _sequence(iterables: tuple[Iterable[Any], ...]) -> list[Any] | tuple[Any, ...] | None:
@@ -290,14 +330,14 @@ def _in_place(
 
 
 def _learn_in_place(key: str, n_items: int, seconds: float) -> None:
-    """Fold an in-place call's timing into the cost memory when it is off the estimate
-    by more than 1.5x either way, and on every 8th call otherwise: a locked update
-    costs more than the rest of a small call's overhead (bench_auto's 3 µs x 10 cell)."""
+    """Fold an in-place call's timing into the cost memory when the function got more
+    than twice as costly (``auto`` may then go parallel), and on every 8th call
+    otherwise: a locked update costs more than the rest of a small call's overhead
+    (bench_auto's 3 µs x 10 cell), and a cheaper function stays serial anyway."""
     global _in_place_calls
     _in_place_calls += 1
     known = costs.peek(key)
-    per_item = seconds / n_items
-    if known is None or _in_place_calls % 8 == 0 or not known < 1.5 * per_item < 2.25 * known:
+    if known is None or _in_place_calls % 8 == 0 or seconds > 2.0 * known * n_items:
         costs.observe((key,), n_items, seconds)
 
 
@@ -706,6 +746,11 @@ def _cost_name(fn: Any) -> str:
     fitness per problem size) may cost very differently. What was learned about
     an object is forgotten when it dies, since a later object may get its id.
     """
+    if type(fn) is FunctionType:  # the usual case, without getattr's caught AttributeError
+        return f"{fn.__module__ or 'builtins'}.{fn.__qualname__}"
+    known = _live_objects.get(id(fn))  # a callable object seen before (and alive: same id)
+    if known is not None:
+        return known
     base = fn
     while isinstance(base, partial):
         base = base.func

@@ -115,12 +115,15 @@ class Calibration:
 
     def _fixed_floor(self, workers: int) -> float:
         """The least any backend spends on a call of ``workers`` items or more, work aside."""
-        floors = self.__dict__.setdefault("_fixed_floors", {})
-        if workers not in floors:
-            floors[workers] = min(
+        floors = self.__dict__.get("_fixed_floors")
+        if floors is None:
+            floors = self.__dict__["_fixed_floors"] = {}
+        floor = floors.get(workers)
+        if floor is None:
+            floor = floors[workers] = min(
                 (m.fixed + m.per_batch * workers for m in self.models.values()), default=0.0
             )
-        return floors[workers]
+        return floor
 
     def describe(self) -> str:
         """One line for ``parmap info``."""
@@ -329,8 +332,11 @@ def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool
     if cost is None or n_items is None:
         return False
     workers = workers or _default_workers()
-    floor = load_calibration(workers).floor(n_items, cost, workers)
-    serial = n_items * cost * EXPLORE_BAND <= floor  # beyond even a try (see _explore)
+    calibration = load_calibration(workers)
+    serial_seconds = n_items * cost * EXPLORE_BAND  # beyond even a try (see _explore)
+    serial = (n_items >= workers and serial_seconds <= calibration._fixed_floor(workers)) or (
+        serial_seconds <= calibration.floor(n_items, cost, workers)
+    )  # the first test is floor()'s quick answer, without its call
     if serial and log.isEnabledFor(logging.DEBUG):
         log.debug(
             "parmap auto: %s over %d items of ~%s each: serial (below every backend's lower bound)",
