@@ -51,7 +51,7 @@ from parmap._errors import (
 )
 from parmap._serialization import digest, dumps, dumps_function, loads
 from parmap._share import publishing
-from parmap._worker import CallSpec, ErrorRecord, Outcome, execute
+from parmap._worker import CallSpec, ErrorRecord, Outcome, run_items
 from parmap.backends._base import Backend
 from parmap.backends._serial import SerialBackend
 
@@ -152,9 +152,19 @@ def _at_once(fn: Callable[..., Any], iterable: Iterable[Any], backend: str | Non
     if backend != _registry.AUTO:
         return None
     name = _cost_name(fn)
-    if not _auto.stays_serial(name, len(iterable), None):  # type: ignore[arg-type]
-        return None
+    verdict = (name, len(iterable))  # type: ignore[arg-type]
+    if _serial_verdicts.get(verdict) != costs.version:
+        if not _auto.stays_serial(name, len(iterable), None):  # type: ignore[arg-type]
+            return None
+        if len(_serial_verdicts) >= 1024:
+            _serial_verdicts.clear()
+        _serial_verdicts[verdict] = costs.version
     return _in_place(fn, iterable, False, [], name)  # type: ignore[arg-type]
+
+
+# (cost name, items) -> costs.version when auto found serial unbeatable for them: the
+# answer holds until the next cost update, at most 8 in-place calls away (CostMemory.sample)
+_serial_verdicts: dict[tuple[str, int], int] = {}
 
 
 def _sequence(iterables: tuple[Iterable[Any], ...]) -> list[Any] | tuple[Any, ...] | None:
@@ -318,32 +328,18 @@ def _in_place(
     """
     start = len(probed)
     chunk = items if isinstance(items, (list, tuple)) else read_items(items, sys.maxsize, start)
-    outcome = execute(_STAR_SPEC if star else _PLAIN_SPEC, fn, chunk)
-    if outcome.error is not None:
+    started = time.perf_counter()
+    results, record = run_items(fn, chunk, star)
+    seconds = time.perf_counter() - started
+    if record is not None:
+        outcome = Outcome(None, seconds, error=record)
         raise _error_from(outcome, _Batch(0, start, chunk, None), SerialBackend, _qualname(fn))
     if chunk:
-        _learn_in_place("name:" + (cost_name or _cost_name(fn)), len(chunk), outcome.seconds)
+        costs.sample("name:" + (cost_name or _cost_name(fn)), len(chunk), seconds)
     if not probed:
-        return outcome.results  # type: ignore[return-value]
-    probed.extend(outcome.results or ())
+        return results
+    probed.extend(results)
     return probed
-
-
-def _learn_in_place(key: str, n_items: int, seconds: float) -> None:
-    """Fold an in-place call's timing into the cost memory when the function got more
-    than twice as costly (``auto`` may then go parallel), and on every 8th call
-    otherwise: a locked update costs more than the rest of a small call's overhead
-    (bench_auto's 3 µs x 10 cell), and a cheaper function stays serial anyway."""
-    global _in_place_calls
-    _in_place_calls += 1
-    known = costs.peek(key)
-    if known is None or _in_place_calls % 8 == 0 or seconds > 2.0 * known * n_items:
-        costs.observe((key,), n_items, seconds)
-
-
-_in_place_calls = 0
-_PLAIN_SPEC = CallSpec("local", None, star=False)
-_STAR_SPEC = CallSpec("local", None, star=True)
 
 
 def _plan_auto(

@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import sys
 import threading
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from parmap import _registry
+from parmap import _registry, _worker
 from parmap._batching import costs, read_items
 from parmap._config import getenv
 from parmap._model import OverheadModel
@@ -231,6 +232,10 @@ def _read(path: Path) -> Calibration | None:
 
 
 def _measure(path: Path) -> Calibration | None:
+    if _worker.in_worker or multiprocessing.parent_process() is not None:
+        # A worker, or a child re-running a script that lacks the __main__ guard: pools
+        # started here would nest or fail, and a partial calibration would stay on disk.
+        return None
     print(
         f"parmap: calibrating backend='auto' for this machine, once (under a minute); "
         f"writing {path}",
@@ -240,7 +245,7 @@ def _measure(path: Path) -> Calibration | None:
     try:
         from parmap.bench._calibrate import calibrate
 
-        calibrate(path, progress=False)
+        calibrate(path, progress=False, complete=True)
     except Exception as exc:  # numpy missing, a backend that will not start...
         log.warning("parmap: calibration failed (%s); using built-in defaults", exc)
         return None

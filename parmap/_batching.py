@@ -60,6 +60,8 @@ class CostMemory:
         self._capacity = capacity
         self._by_key: OrderedDict[str, _Estimate] = OrderedDict()
         self._lock = threading.Lock()
+        self._sampled = 0
+        self.version = 0  # changes with every update: answers derived from costs stay valid
 
     def get(self, *keys: str | None) -> float | None:
         """The remembered cost for the first of ``keys`` that is known."""
@@ -76,11 +78,22 @@ class CostMemory:
         estimate = self._by_key.get(key)
         return None if estimate is None else estimate.seconds_per_item
 
+    def sample(self, key: str, items: int, seconds: float) -> None:
+        """Fold in an in-place call's timing when the function got more than twice as
+        costly (``auto`` may then go parallel), and on every 8th call otherwise: a
+        locked update costs more than the rest of a small call's overhead, and a
+        function that got cheaper stays serial anyway."""
+        self._sampled += 1
+        known = self._by_key.get(key)
+        if known is None or self._sampled % 8 == 0 or seconds > 2 * known.seconds_per_item * items:
+            self.observe((key,), items, seconds)
+
     def observe(self, keys: tuple[str | None, ...], items: int, seconds: float) -> float:
         """Fold one batch's timing into every key; return the updated estimate."""
         sample = max(seconds, 1e-9) / max(items, 1)
         estimate = sample
         with self._lock:
+            self.version += 1
             by_key = self._by_key
             for key in keys:
                 if key is None:
@@ -101,10 +114,12 @@ class CostMemory:
 
     def forget(self, key: str) -> None:
         with self._lock:
+            self.version += 1
             self._by_key.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
+            self.version += 1
             self._by_key.clear()
 
 

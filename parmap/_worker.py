@@ -29,7 +29,7 @@ from typing import Any
 
 from parmap._serialization import dumps, loads, loads_function
 
-__all__ = ["CallSpec", "ErrorRecord", "Outcome", "execute", "run_batch"]
+__all__ = ["CallSpec", "ErrorRecord", "Outcome", "execute", "run_batch", "run_items"]
 
 _FUNCTION_CACHE_SIZE = 16
 _functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
@@ -100,18 +100,25 @@ def execute(spec: CallSpec, fn: Callable[..., Any], items: Sequence[Any]) -> Out
                 except BaseException as exc:
                     if isinstance(exc, KeyboardInterrupt):
                         raise
-                    record = ErrorRecord.capture("init", None, exc)
-                    return Outcome(None, time.perf_counter() - started, error=record)
+                    failed = ErrorRecord.capture("init", None, exc)
+                    return Outcome(None, time.perf_counter() - started, error=failed)
                 _initialized.add(spec.init_token)
+    results, record = run_items(fn, items, spec.star)
+    return Outcome(None if record else results, time.perf_counter() - started, error=record)
+
+
+def run_items(
+    fn: Callable[..., Any], items: Sequence[Any], star: bool
+) -> tuple[list[Any], ErrorRecord | None]:
+    """``fn`` over ``items``: the results, and the record of the error that stopped them."""
     results: list[Any] = []
     try:  # list.extend keeps what was appended before an exception: len() is the position
-        results.extend(itertools.starmap(fn, items) if spec.star else map(fn, items))
+        results.extend(itertools.starmap(fn, items) if star else map(fn, items))
     except BaseException as exc:  # SystemExit too: fn's exit is reported, the worker lives
         if isinstance(exc, KeyboardInterrupt):
             raise
-        record = ErrorRecord.capture("item", len(results), exc)
-        return Outcome(None, time.perf_counter() - started, error=record)
-    return Outcome(results, time.perf_counter() - started)
+        return results, ErrorRecord.capture("item", len(results), exc)
+    return results, None
 
 
 def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:

@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import logging
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -53,6 +54,28 @@ def test_expensive_work_goes_to_a_running_backend(census):
     assert decision.chosen == "loky", str(decision)
     assert "-> loky" in out.getvalue() and "serial" in out.getvalue()
     assert parmap.parmap(slow, range(100), backend="auto") == [2 * i for i in range(100)]
+
+
+class _Fitness:
+    """A fitness whose cost the test changes between calls."""
+
+    delay = 0.0
+
+    def __call__(self, x: int) -> int:
+        if self.delay:
+            time.sleep(self.delay)
+        return os.getpid()
+
+
+def test_a_cheap_function_that_turns_costly_goes_parallel(census):
+    parmap.shutdown()
+    parmap.parmap(abs, range(4), backend="loky")  # warm: no start-up to pay
+    fitness, items = _Fitness(), list(range(40))
+    for _ in range(10):  # cheap: each call runs here, on auto's fast path
+        assert set(parmap.parmap(fitness, items, backend="auto")) == {os.getpid()}
+    fitness.delay = 0.02  # 0.8 s a call from now on
+    parmap.parmap(fitness, items, backend="auto")  # still here: auto learns from it
+    assert os.getpid() not in parmap.parmap(fitness, items, backend="auto")
 
 
 def test_start_up_cost_keeps_small_jobs_serial():
@@ -197,3 +220,27 @@ def test_calibration_is_measured_written_and_shown(tmp_path, monkeypatch, census
     assert str(path) in info and "days ago" in info
     calibration = _auto.load_calibration(2, calibrate=False)
     assert calibration.source == str(path) and "loky" in calibration.models
+
+
+def test_a_child_process_never_calibrates(tmp_path):
+    """A worker, or a child re-running a script that lacks the __main__ guard, uses the
+    built-in defaults rather than starting pools of its own."""
+    path = tmp_path / "calibration.json"
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_auto._measure, (path,)) is None
+    assert not path.exists()
+
+
+def test_auto_never_keeps_a_calibration_that_missed_a_backend(tmp_path):
+    pytest.importorskip("numpy")
+    from parmap import _registry
+    from parmap.bench._calibrate import calibrate
+
+    parmap.register_backend("imaginary", "imaginary_engine:Backend", requires=("imaginary_engine",))
+    path = tmp_path / "calibration.json"
+    try:
+        with pytest.raises(RuntimeError, match="no model for imaginary"):
+            calibrate(path, backends=["loky", "imaginary"], progress=False, complete=True)
+    finally:
+        _registry._specs.pop("imaginary")
+    assert not path.exists()

@@ -26,6 +26,7 @@ def calibrate(
     backends: list[str] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    complete: bool = False,
 ) -> _auto.Calibration:
     """Measure the backends, fit their models and write the calibration file.
 
@@ -34,12 +35,15 @@ def calibrate(
         backends: parallel backends to measure (default: the installed ones).
         workers: workers per backend (default: the usable CPUs).
         progress: show a progress bar.
+        complete: write nothing unless every backend was measured (auto's lazy
+            calibration: one that failed is tried again by the next process).
 
     Returns:
         The calibration written.
 
     Raises:
-        RuntimeError: no model could be fitted (every backend failed).
+        RuntimeError: no model could be fitted (every backend failed), or with
+            ``complete``, some backend's could not.
     """
     path = path or _auto.calibration_path()
     chosen = backends or [b for b in _auto.PARALLEL if _registry.is_installed(b)]
@@ -58,9 +62,11 @@ def calibrate(
     result = run_sweep(config, progress=progress)
     summary = summarize(result)
     models = {name: model for name, model in summary.models.items() if name in chosen}
-    if not models:
+    missing = [name for name in chosen if name not in models]
+    if not models or (complete and missing):
         why = summary.model_errors or result.failures
-        raise RuntimeError(f"calibration fitted no model: {why}")
+        names = ", ".join(missing) or "any backend"
+        raise RuntimeError(f"calibration fitted no model for {names}: {why}")
     startup = {cold.target: cold.startup_seconds for cold in result.cold if cold.target in models}
     machine = {**machine_info(), "calibration_seconds": round(time.perf_counter() - started, 1)}
     _auto.save_calibration(path, models, startup, machine)
