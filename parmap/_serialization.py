@@ -30,6 +30,8 @@ import hashlib
 import io
 import pickle
 import sys
+import types
+from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
 
@@ -47,13 +49,33 @@ def dumps(obj: Any) -> bytes:
         return file.getvalue()
 
 
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with the code's own file name.
+
+    cloudpickle 3.1.3 writes ``<dynamic-code>`` instead (a payload that does not
+    depend on where the function was defined); a traceback from a worker then
+    no longer names the file of a function shipped by value, such as one defined
+    in the caller's script.
+    """
+    constructor, args = _CLOUDPICKLE_CODE_REDUCE(code)
+    kept = tuple(code.co_filename if arg == _DYNAMIC_FILENAME else arg for arg in args)
+    return constructor, kept
+
+
+_CLOUDPICKLE_CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+_DYNAMIC_FILENAME = "<dynamic-code>"
+
+
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, with exceptions pickled by their own ``__reduce__``.
+    """cloudpickle, with exceptions pickled by their own ``__reduce__`` and code objects
+    keeping their file name (see :func:`_code_reduce`).
 
     python-tblib#87: the copyreg reducers that tblib installs for every exception
     class (``distributed`` does so on import, so on every Dask worker) drop the
     attributes set by a builtin ``__init__``, such as ``SystemExit.code``.
     """
+
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, BaseException) and _tblib_reduces(type(obj)):

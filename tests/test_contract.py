@@ -107,6 +107,7 @@ def test_user_exception_keeps_type_and_names_the_item(backend):
     if backend not in IN_PROCESS:
         assert isinstance(info.value.__cause__, parmap._errors.RemoteTraceback)
         assert "bad item 37" in str(info.value.__cause__)
+        assert 'funcs.py", line' in str(info.value.__cause__)  # the worker's frame, by file
 
 
 def test_next_call_works_after_a_user_error(backend):
