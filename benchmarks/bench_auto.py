@@ -99,7 +99,7 @@ def main() -> int:
 
     heavy = workloads.CpuFitness.for_cost(10_000.0, per_us)
     items = workloads.seeds(200)
-    t = compare(heavy, items, [*backends, "auto"], max(5, repeats))
+    t = compare(heavy, items, [*backends, "auto"], max(7, repeats))
     best = min(backends, key=lambda b: median(t[b]))
     print("  10 ms x 200: " + ", ".join(f"{n} {fmt_seconds(median(v))}" for n, v in t.items()))
     checks.at_most(
@@ -126,7 +126,7 @@ def grid(per_us: float, backends: list[str], repeats: int, quick: bool) -> tuple
             if n * cost * 1e-6 > GRID_BUDGET:
                 cells.append(f"{'-':>10}")
                 continue
-            rounds = max(repeats, 7, min(100, int(0.05 / (n * cost * 1e-6))))  # steadier cells
+            rounds = max(repeats, 7, min(100, int(0.15 / (n * cost * 1e-6))))  # steadier cells
             t = compare(fn, workloads.seeds(n), ["map", *backends, "auto"], rounds)
             best = min((name for name in t if name != "auto"), key=lambda b: median(t[b]))
             ratio = paired_ratio(t["auto"], t[best])
