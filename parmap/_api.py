@@ -134,15 +134,16 @@ def _at_once(fn: Callable[..., Any], iterable: Iterable[Any], backend: str | Non
     """The results of a call that runs in place for want of any choice, else None.
 
     A list or tuple under ``backend="serial"``, or under ``"auto"`` with a function
-    whose remembered cost keeps it serial, named by the argument or, outside any
-    ``config()`` context, by ``$PARMAP_BACKEND`` alone: what :func:`_run` would do
-    in place, without resolving every setting first. At 10 items of 3 µs that
-    resolution was a third of the call (bench_auto's grid).
+    whose remembered cost keeps it serial, named by the argument or by
+    ``$PARMAP_BACKEND``, outside any ``config()`` context (it may set a timeout or a
+    progress bar): what :func:`_run` would do in place, without resolving every
+    setting first. At 10 items of 3 µs that resolution was a third of the call
+    (bench_auto's grid).
     """
-    if type(iterable) not in (list, tuple) or not callable(fn):
+    if type(iterable) not in (list, tuple) or not callable(fn) or _config.current_options():
         return None
     if backend is None:
-        if _worker.in_worker or _config.current_options():
+        if _worker.in_worker:
             return None
         backend = _config.getenv("PARMAP_BACKEND").strip()
     if _config.getenv("PARMAP_WORKERS"):  # to be checked, and auto to count with

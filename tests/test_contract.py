@@ -233,6 +233,12 @@ def test_progress_bar(backend, capsys):
     assert "100/100" in capsys.readouterr().err
 
 
+def test_progress_bar_from_config(backend, capsys):
+    with parmap.config(progress=True):
+        assert parmap.parmap(funcs.square, list(range(100)), backend=backend)[-1] == 99 * 99
+    assert "100/100" in capsys.readouterr().err
+
+
 def test_input_iterator_error_propagates_with_index(backend):
     def source():
         yield from range(5)
