@@ -104,7 +104,8 @@ def execute(spec: CallSpec, fn: Callable[..., Any], items: Sequence[Any]) -> Out
                     return Outcome(None, time.perf_counter() - started, error=failed)
                 _initialized.add(spec.init_token)
     results, record = run_items(fn, items, spec.star)
-    return Outcome(None if record else results, time.perf_counter() - started, error=record)
+    done = None if record is not None else results
+    return Outcome(done, time.perf_counter() - started, error=record)
 
 
 def run_items(
