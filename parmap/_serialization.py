@@ -58,12 +58,15 @@ def _code_reduce(code: types.CodeType) -> Any:
     in the caller's script.
     """
     constructor, args = _CLOUDPICKLE_CODE_REDUCE(code)
-    kept = tuple(code.co_filename if arg == _DYNAMIC_FILENAME else arg for arg in args)
+    kept = tuple(
+        code.co_filename if type(arg) is str and arg == _DYNAMIC_FILENAME else arg for arg in args
+    )  # (type first: comparing co_code's bytes to a str would warn under python -b)
     return constructor, kept
 
 
-_CLOUDPICKLE_CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+_CLOUDPICKLE_CODE_REDUCE = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
 _DYNAMIC_FILENAME = "<dynamic-code>"
+_OWN_REDUCERS = {types.CodeType: _code_reduce} if _CLOUDPICKLE_CODE_REDUCE else {}
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -75,7 +78,7 @@ class _Pickler(cloudpickle.Pickler):
     attributes set by a builtin ``__init__``, such as ``SystemExit.code``.
     """
 
-    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+    dispatch_table = ChainMap(_OWN_REDUCERS, cloudpickle.Pickler.dispatch_table)
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, BaseException) and _tblib_reduces(type(obj)):
