@@ -152,10 +152,10 @@ def _at_once(fn: Callable[..., Any], iterable: Iterable[Any], backend: str | Non
         return _in_place(fn, iterable, False, [])  # type: ignore[arg-type]
     if backend != _registry.AUTO:
         return None
-    name = _cost_name(fn)
-    verdict = (name, len(iterable))  # type: ignore[arg-type]
+    name, n_items = _cost_name(fn), len(iterable)  # type: ignore[arg-type]
+    verdict = (name, n_items)
     if _serial_verdicts.get(verdict) != costs.version:
-        if not _auto.stays_serial(name, len(iterable), None):  # type: ignore[arg-type]
+        if not _auto.stays_serial(name, n_items, None):
             return None
         if len(_serial_verdicts) >= 1024:
             _serial_verdicts.clear()
@@ -743,8 +743,8 @@ def _cost_name(fn: Any) -> str:
     fitness per problem size) may cost very differently. What was learned about
     an object is forgotten when it dies, since a later object may get its id.
     """
-    if type(fn) is FunctionType:  # the usual case, without getattr's caught AttributeError
-        return f"{fn.__module__ or 'builtins'}.{fn.__qualname__}"
+    if type(fn) is FunctionType:
+        return _qualname(fn)
     known = _live_objects.get(id(fn))  # a callable object seen before (and alive: same id)
     if known is not None:
         return known
@@ -777,6 +777,8 @@ def _forget(key: int, name: str) -> None:
 
 
 def _qualname(fn: Any) -> str:
+    if type(fn) is FunctionType:  # the usual case, without getattr's caught AttributeError
+        return f"{fn.__module__ or 'builtins'}.{fn.__qualname__}"
     while isinstance(fn, partial):
         fn = fn.func
     fn = getattr(fn, "__func__", fn)

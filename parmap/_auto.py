@@ -337,11 +337,8 @@ def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool
     if cost is None or n_items is None:
         return False
     workers = workers or _default_workers()
-    calibration = load_calibration(workers)
-    serial_seconds = n_items * cost * EXPLORE_BAND  # beyond even a try (see _explore)
-    serial = (n_items >= workers and serial_seconds <= calibration._fixed_floor(workers)) or (
-        serial_seconds <= calibration.floor(n_items, cost, workers)
-    )  # the first test is floor()'s quick answer, without its call
+    floor = load_calibration(workers).floor(n_items, cost, workers)
+    serial = n_items * cost * EXPLORE_BAND <= floor  # beyond even a try (see _explore)
     if serial and log.isEnabledFor(logging.DEBUG):
         log.debug(
             "parmap auto: %s over %d items of ~%s each: serial (below every backend's lower bound)",
