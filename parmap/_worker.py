@@ -29,7 +29,7 @@ from typing import Any
 
 from parmap._serialization import dumps, loads, loads_function
 
-__all__ = ["CallSpec", "ErrorRecord", "Outcome", "execute", "run_batch", "run_items"]
+__all__ = ["CallSpec", "ErrorRecord", "Outcome", "execute", "holds", "run_batch", "run_items"]
 
 _FUNCTION_CACHE_SIZE = 16
 _functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
@@ -139,6 +139,16 @@ def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
         outcome = execute(spec, fn, items)
     outcome.pid = os.getpid()
     return _dump(outcome)
+
+
+def holds(spec: CallSpec) -> bool:
+    """Whether this process can run ``spec`` without the blobs it may leave out: the
+    function is cached here and the initializer (if any) has run here."""
+    if spec.fn is None and spec.fn_token not in _functions:
+        return False
+    return (
+        spec.init_token is None or spec.initializer is not None or spec.init_token in _initialized
+    )
 
 
 def _with_initializer(spec: CallSpec) -> CallSpec:

@@ -67,7 +67,7 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str] = "?"
-    batch_overhead: ClassVar[float] = 1e-3
+    batch_overhead: float = 1e-3
     serializes: ClassVar[bool] = True
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:

@@ -1,4 +1,4 @@
-"""The Dask backend: each batch of items is one task on a ``distributed`` cluster.
+"""The Dask backend: batches run on the workers of a ``distributed`` cluster.
 
 Which cluster a call uses, decided at every call (first match wins)::
 
@@ -10,7 +10,11 @@ Which cluster a call uses, decided at every call (first match wins)::
                                      started on first use, kept until parmap.shutdown()
 
 An explicit ``address=`` wins over a default client: it names the cluster the
-caller wants. One batch's journey::
+caller wants. On the embedded cluster, parmap sends each batch straight to a
+worker (``_dask_direct``: one request instead of a task's five messages through
+the scheduler). On a cluster parmap connects to or a client it adopts, each
+batch is a task, so that the scheduler sees the work (adaptive scaling, other
+clients, the dashboard). One task's journey::
 
     submit(prepared, items)   client.submit(run_batch, spec, items, pure=False, retries=0)
           │                   pure=False: identical batches still run (noisy fitness)
@@ -21,11 +25,12 @@ caller wants. One batch's journey::
           ▼
     concurrent.futures.Future, which the core waits on
 
-A small function travels inside each task (cheaper than a round trip); a large
-one is broadcast once per call and the tasks depend on it. ``parmap.share()``
-values are broadcast to the workers once. On the embedded cluster a dead worker
-fails its task at once (``allowed-failures: 0``; parmap's ``retries=`` decides)
-and the error names its exit code. Stopping running work (timeout, Ctrl-C) kills
+A small function travels inside each batch (cheaper than a round trip); a
+large one is broadcast once per call and the tasks depend on it (on the
+embedded cluster, it goes to each worker until the worker holds it).
+``parmap.share()`` values are broadcast to the workers once. On the embedded
+cluster a dead worker fails its batches at once (parmap's ``retries=``
+decides) and the error names its exit code. Stopping running work (timeout, Ctrl-C) kills
 the embedded workers that run it, since a Python thread cannot be interrupted,
 and their nannies start fresh ones. On a cluster parmap only connected to, the
 scheduler's own settings hold, and stopped batches are cancelled but a batch
@@ -43,6 +48,7 @@ import contextlib
 import importlib
 import logging
 import os
+import pickle
 import random
 import signal
 import threading
@@ -50,7 +56,7 @@ import time
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import dask
 import distributed
@@ -60,6 +66,7 @@ from parmap._errors import BackendNotInstalledError, WorkerCrashedError, describ
 from parmap._serialization import loads
 from parmap._worker import CallSpec, run_batch
 from parmap.backends._base import Backend, Locator, default_workers
+from parmap.backends._dask_direct import DirectPool, WorkerLost, install_runner
 
 __all__ = ["DaskBackend", "DaskLocator"]
 
@@ -70,20 +77,24 @@ SHARED_FETCH_TIMEOUT = 60.0  # seconds a worker waits for a shared value from it
 KILL_TIMEOUT = 30.0  # seconds to wait for the scheduler to drop killed workers
 EXIT_CODE_WAIT = 1.0  # seconds to wait for a nanny to report a dead worker's exit code
 
-# The embedded cluster: a dead worker fails its task at once (parmap's retries= decides
-# what next), and nobody reads the profiler, which samples every worker every 10 ms.
+# One batch's round trip, measured warm on 2 cores. A task: 7 ms on an idle machine and
+# 10-15 ms while the workers keep both cores busy (the scheduler and client run in the
+# caller's process and wait for a core); a DEAP generation of 180 x 1.3 ms items idled
+# its workers longest when cut into 6 batches rather than 2 or 4. A batch sent straight
+# to an embedded worker: 1.3 ms idle, 1.9 ms for two at once.
+TASK_OVERHEAD = 12e-3
+DIRECT_OVERHEAD = 2e-3
+
+# The embedded cluster: nobody reads the profiler, which samples every worker every 10 ms.
 _MESSAGE_LOG = 20
 _EMBEDDED_CONFIG = {
-    "distributed.scheduler.allowed-failures": 0,
     "distributed.worker.profile.enabled": False,
     # Each comm keeps its last messages for debugging, payloads under 1 MB included:
     # with the default 1,000 that is every batch's items, hundreds of MB on a long imap.
     "distributed.admin.low-level-log-length": _MESSAGE_LOG,
-    # Background work that competes with the workers for the CPUs: parmap balances
-    # the load itself (small windows of batches), so no work stealing; and the
-    # event-loop, system and memory monitors look less often than 50, 2 and 10 times
-    # a second in every process.
-    "distributed.scheduler.work-stealing": False,
+    # Background work that competes with the workers for the CPUs: the event-loop,
+    # system and memory monitors look less often than 50, 2 and 10 times a second
+    # in every process.
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
@@ -141,6 +152,7 @@ class _Session:
     threads: int  # batches it runs at once
     address: str | None = None  # the address parmap connected to
     cluster: distributed.LocalCluster | None = None  # set when parmap started it
+    direct: DirectPool | None = None  # the embedded cluster's: batches skip the scheduler
 
     @property
     def alive(self) -> bool:
@@ -149,11 +161,14 @@ class _Session:
 
 @dataclass
 class _Prepared:
-    """One call's spec: inside every task, or broadcast once (again if every copy died)."""
+    """One call's spec: inside every task, or broadcast once (again if every copy died);
+    pickled for the embedded workers (``light`` leaves out a large function's blobs)."""
 
     session: _Session
     spec: CallSpec
     scattered: distributed.Future | None = None
+    full: bytes = b""
+    light: bytes | None = None
 
     def argument(self) -> Any:
         if self.scattered is None:
@@ -194,12 +209,7 @@ class DaskBackend(Backend):
     """Batches as tasks on a Dask ``distributed`` cluster."""
 
     name = "dask"
-    # Measured warm on 2 cores: one small batch's round trip takes 7 ms on an idle
-    # machine and 10-15 ms while the workers keep both cores busy (the scheduler and
-    # client run in the caller's process and wait for a core). A DEAP generation of
-    # 180 x 1.3 ms items idled its workers longest when cut into 6 batches rather
-    # than 2 or 4: extra batches cost more than the finer tail saves.
-    batch_overhead: ClassVar[float] = 12e-3
+    batch_overhead: float = DIRECT_OVERHEAD  # the embedded cluster's; a call sets its own
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         super().__init__(workers, **options)
@@ -233,25 +243,33 @@ class DaskBackend(Backend):
             session.threads = _threads(session.client)
         self._republish(session)
         prepared = _Prepared(session, spec)
-        if len(spec.fn) + len(spec.initializer or b"") > INLINE_SPEC_BYTES:
+        large = len(spec.fn) + len(spec.initializer or b"") > INLINE_SPEC_BYTES
+        if session.direct is not None:
+            prepared.full = pickle.dumps(spec, protocol=5)
+            if large:
+                light = CallSpec(spec.fn_token, None, spec.star, spec.init_token, None)
+                prepared.light = pickle.dumps(light, protocol=5)
+        elif large:
             prepared.scattered = _scatter_spec(session.client, spec)
         return prepared
 
     def submit(self, prepared: _Prepared, items: bytes) -> cf.Future[Any]:
-        client = prepared.session.client
-        task = client.submit(run_batch, prepared.argument(), items, pure=False, retries=0)
-        future: cf.Future[Any] = cf.Future()
-        loop = client.loop
-        assert loop is not None, "a running Client has an event loop"
-        loop.add_callback(_fetch, client, task, future)
-        future._parmap_task = task  # type: ignore[attr-defined]
-        future._parmap_session = prepared.session  # type: ignore[attr-defined]
+        session = prepared.session
+        if session.direct is not None:
+            future = session.direct.submit(prepared.spec, prepared.full, prepared.light, items)
+        else:
+            future = _submit_task(session.client, prepared.argument(), items)
+        future._parmap_session = session  # type: ignore[attr-defined]
         return future
 
     def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
         session: _Session | None = getattr(future, "_parmap_session", None)
+        if isinstance(exc, WorkerLost):
+            return _worker_lost(exc.address, session)
         if isinstance(exc, distributed.KilledWorker):
-            return _worker_lost(exc, session)
+            tries = exc.allowed_failures + 1
+            again = f"; the scheduler tried {tries} workers" if tries > 1 else ""
+            return _worker_lost(exc.last_worker.address, session, again)
         if isinstance(exc, FutureCancelledError):
             return WorkerCrashedError(
                 f"the Dask scheduler dropped a batch ({exc.reason}: {exc.msg or 'no details'}); "
@@ -270,18 +288,15 @@ class DaskBackend(Backend):
         return exc
 
     def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
-        tasks = [t for t in (getattr(f, "_parmap_task", None) for f in futures) if t is not None]
-        for future in futures:
-            future.cancel()
-        if not tasks:
+        session: _Session | None = next(
+            (s for s in (getattr(f, "_parmap_session", None) for f in futures) if s), None
+        )
+        if session is None:
             return
-        session: _Session = next(iter(futures))._parmap_session  # type: ignore[attr-defined]
-        busy: set[str] = set()
-        if stop_running and session.cluster is not None:
-            keys = {task.key for task in tasks}
-            processing = session.client.processing()
-            busy = {worker for worker, held in processing.items() if keys.intersection(held)}
-        session.client.cancel(tasks, reason="parmap call ended")
+        if session.direct is None:
+            _cancel_tasks(futures, session.client)
+            return
+        busy = session.direct.cancel(list(futures), stop_running=stop_running)
         if busy:  # a running Python function cannot be interrupted: kill its worker
             _kill_workers(session, busy)
             self._workers_killed = True
@@ -348,6 +363,7 @@ class DaskBackend(Backend):
             else:
                 session = self._local()
             self._session = session
+            self.batch_overhead = TASK_OVERHEAD if session.direct is None else DIRECT_OVERHEAD
             return session
 
     def _adopt(self, client: distributed.Client) -> _Session:
@@ -391,10 +407,13 @@ class DaskBackend(Backend):
             cluster = _start_local_cluster(workers)
             client = distributed.Client(cluster, set_as_default=False, direct_to_workers=True)
         _quick(client)
-        client.register_plugin(_IgnoreSigint())
+        install_runner(client)
         seconds = time.perf_counter() - started
         log.debug("parmap: started a Dask LocalCluster of %d workers in %.2f s", workers, seconds)
-        self._embedded = _Session(client, "an embedded Dask LocalCluster", workers, cluster=cluster)
+        self._embedded = _Session(
+            client, "an embedded Dask LocalCluster", workers, cluster=cluster,
+            direct=DirectPool(client, cluster),
+        )  # fmt: skip
         return self._embedded
 
 
@@ -472,14 +491,24 @@ class _Nanny(distributed.Nanny):
         return await super()._on_worker_exit(exitcode)
 
 
-class _IgnoreSigint(distributed.WorkerPlugin):
-    """Embedded workers ignore Ctrl-C: the caller handles it and stops them itself."""
+def _submit_task(client: distributed.Client, spec: Any, items: bytes) -> cf.Future[Any]:
+    task = client.submit(run_batch, spec, items, pure=False, retries=0)
+    future: cf.Future[Any] = cf.Future()
+    loop = client.loop
+    assert loop is not None, "a running Client has an event loop"
+    loop.add_callback(_fetch, client, task, future)
+    future._parmap_task = task  # type: ignore[attr-defined]
+    return future
 
-    name = "parmap-ignore-sigint"
 
-    def setup(self, worker: distributed.Worker) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _cancel_tasks(futures: Collection[cf.Future[Any]], client: distributed.Client) -> None:
+    """Cancel the batches' tasks. One already running finishes on its worker: the cluster
+    is not parmap's, so it does not kill workers."""
+    tasks = [t for t in (getattr(f, "_parmap_task", None) for f in futures) if t is not None]
+    for future in futures:
+        future.cancel()
+    if tasks:
+        client.cancel(tasks, reason="parmap call ended")
 
 
 async def _fetch(
@@ -501,16 +530,13 @@ async def _fetch(
             future.set_result(result)
 
 
-def _worker_lost(exc: distributed.KilledWorker, session: _Session | None) -> WorkerCrashedError:
-    address = exc.last_worker.address
+def _worker_lost(address: str, session: _Session | None, again: str = "") -> WorkerCrashedError:
     exitcode = None
     if session is not None and session.cluster is not None:
         exitcode = _exit_codes.wait_for(address, EXIT_CODE_WAIT)
         how = describe_exit(exitcode)
     else:
         how = "died (its log on that machine says why)"
-    tries = exc.allowed_failures + 1
-    again = f"; the scheduler tried {tries} workers" if tries > 1 else ""
     return WorkerCrashedError(f"a Dask worker process ({address}) {how}{again}", exitcode=exitcode)
 
 

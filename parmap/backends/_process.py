@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Collection
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, ClassVar
+from typing import Any
 
 from parmap._errors import WorkerCrashedError, describe_exit
 from parmap._serialization import loads
@@ -43,7 +43,7 @@ class FileLocator(Locator):
 class ProcessPoolBackend(Backend):
     """A backend over a ``concurrent.futures``-style process pool."""
 
-    batch_overhead: ClassVar[float] = 2e-4
+    batch_overhead: float = 2e-4
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         super().__init__(workers, **options)

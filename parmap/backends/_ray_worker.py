@@ -45,16 +45,7 @@ def execute(head: bytes, holder: list[Any] | None, items: bytes) -> bytes:
 
 def _needs_bundle(spec: CallSpec, shares: tuple[str, ...]) -> bool:
     """Whether this worker lacks the function, the initializer's run or a shared value."""
-    # parmap._worker's per-process caches, read here to skip a needless fetch
-    return (
-        (spec.fn is None and spec.fn_token not in _worker._functions)
-        or (
-            spec.init_token is not None
-            and spec.initializer is None
-            and spec.init_token not in _worker._initialized
-        )
-        or any(token not in _worker.shared_values for token in shares)
-    )
+    return not _worker.holds(spec) or any(token not in _worker.shared_values for token in shares)
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)

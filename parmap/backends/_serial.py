@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from parmap._worker import CallSpec, execute
 from parmap.backends._base import Backend
@@ -16,7 +16,7 @@ class SerialBackend(Backend):
     """Runs batches synchronously in the calling thread, on live objects."""
 
     name = "serial"
-    batch_overhead: ClassVar[float] = 5e-6
+    batch_overhead: float = 5e-6
     serializes = False
 
     @property
