@@ -1,5 +1,5 @@
-"""The Dask backend beyond the contract suite: which cluster it uses, pure=False,
-faults, and a real scheduler with two workers started as separate processes."""
+"""The Dask backend beyond the contract suite: which cluster it uses, how batches
+reach it, faults, and a real scheduler with two workers started as separate processes."""
 
 from __future__ import annotations
 
@@ -104,6 +104,27 @@ def test_large_function_is_broadcast_once_and_survives_a_crash(census, tmp_path)
 
     got = parmap.parmap(pick, range(40), backend="dask", chunksize=2, retries=2)
     assert got == [big[i] for i in range(40)] and marker.exists()
+
+
+def test_embedded_batches_skip_the_scheduler(census):
+    """On the embedded cluster a batch is one request to a worker, never a task."""
+    got = parmap.parmap(funcs.square, range(300), backend="dask", chunksize=3)
+    assert got == [i * i for i in range(300)]
+    scheduler = live_dask_backend()._embedded.cluster.scheduler
+    assert "run_batch" not in scheduler.task_prefixes, "batches went through the scheduler"
+
+
+def test_a_worker_that_let_go_of_a_large_function_gets_it_again(census):
+    big = bytes(range(256)) * 1_000  # above the inline size: later batches leave it out
+
+    def pick(i):
+        return big[i]
+
+    expected = [big[i] for i in range(40)]
+    assert parmap.parmap(pick, range(40), backend="dask", chunksize=2) == expected
+    client = live_dask_backend().client
+    client.run(lambda: parmap._worker._functions.clear())  # as if its cache had let it go
+    assert parmap.parmap(pick, range(40), backend="dask", chunksize=2) == expected
 
 
 def test_timeout_kills_running_work_and_share_survives(census):
@@ -313,6 +334,12 @@ def test_connects_by_environment_address(scheduler_address, monkeypatch, census)
     )
     backend = live_dask_backend()
     assert "$DASK_SCHEDULER_ADDRESS" in backend.describe()["cluster"]
+    noisy = parmap.parmap(lambda _: uuid.uuid4().hex, [7] * 40, backend="dask", chunksize=1)
+    assert len(set(noisy)) == 40, "identical batches were merged: submit with pure=False"
+    # a cluster parmap only connects to sees the work: each batch is a task
+    assert backend.client.run_on_scheduler(
+        lambda dask_scheduler: "run_batch" in dask_scheduler.task_prefixes
+    )
     pids = parmap.parmap(funcs.pid, range(200), backend="dask", chunksize=1)
     with distributed.Client(scheduler_address) as client:
         workers = worker_pids(client)
