@@ -66,6 +66,7 @@ _DEPTH = 2  # batches sent to one worker thread at once: the running one and the
 _RETRY_DELAY = 0.05  # seconds before a worker that was not ready is tried again
 _NO_WORKER_TIMEOUT = 60.0  # seconds queued batches wait for any worker to (re)start
 _CONNECT_TIMEOUT = 2.0  # seconds: a worker on this machine answers in milliseconds
+_MAX_NOT_READY = 200  # tries (about 10 s) before a batch no worker would take fails
 
 # -- on the worker ---------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ class _Job:
     address: str | None = None  # the worker it was sent to
     started: bool = False  # its future is running (a retried job keeps it so)
     dropped: bool = False  # cancelled: never send it (again)
+    not_ready: int = 0  # workers that could not take it yet
 
 
 class DirectPool:
@@ -282,14 +284,14 @@ class DirectPool:
         error: BaseException | None = None
         try:
             result = await self._request(address, job)
-        except _NotReady:
-            with self._lock:
-                self._sent[address].remove(job)
-                self._resting[address] = time.monotonic() + _RETRY_DELAY
-                if not job.dropped:
-                    self._queue.appendleft(job)
-                self._dispatch()
-            return
+        except _NotReady as why:
+            job.not_ready += 1
+            if job.not_ready < _MAX_NOT_READY:
+                self._again(job, address)
+                return
+            error = WorkerCrashedError(
+                f"no worker of the embedded Dask cluster took a batch: {why}"
+            )
         except OSError as exc:  # CommClosedError: the worker died or dropped us
             error = WorkerLost(address, exc)
         except BaseException as exc:  # parmap's code failed on the worker, or the loop closes
@@ -297,6 +299,7 @@ class DirectPool:
         with self._lock:
             self._sent[address].remove(job)
             if isinstance(error, WorkerLost):
+                self._forget_gone()
                 self._resting[address] = float("inf")
             self._dispatch()
         with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
@@ -304,6 +307,23 @@ class DirectPool:
                 job.future.set_result(result)
             else:
                 job.future.set_exception(error)
+
+    def _again(self, job: _Job, address: str) -> None:
+        """Queue a batch again, first in line; rest the worker that could not take it."""
+        with self._lock:
+            self._sent[address].remove(job)
+            self._resting[address] = time.monotonic() + _RETRY_DELAY
+            if not job.dropped:
+                self._queue.appendleft(job)
+            self._dispatch()
+
+    def _forget_gone(self) -> None:
+        """Drop what is kept about workers that left the cluster (with the lock held)."""
+        alive = self._threads()
+        for address in [a for a in self._resting if a not in alive and not self._sent.get(a)]:
+            self._resting.pop(address, None)
+            self._holds.pop(address, None)
+            self._sent.pop(address, None)
 
     async def _request(self, address: str, job: _Job) -> Any:
         holds = self._holds.setdefault(address, set())
