@@ -56,6 +56,7 @@ def test_embedded_cluster_is_local_and_quiet(census, capfd):
     facts = backend.describe()
     assert facts["cluster"] == "an embedded Dask LocalCluster"
     assert facts["scheduler"].startswith("tcp://127.0.0.1:")
+    assert facts["batches"] == "sent straight to the workers"
     assert facts["workers"] == parmap.backends._base.default_workers()
     assert set(backend.client.nthreads().values()) == {1}
     parmap.shutdown()
@@ -360,6 +361,7 @@ def test_connects_by_address_argument(scheduler_address, census):
                           backend="dask") == [2 * i for i in range(50)]  # fmt: skip
     facts = live_dask_backend().describe()
     assert facts["scheduler"] == scheduler_address and facts["workers"] == 2
+    assert facts["batches"] == "tasks"
     parmap.shutdown()
     with distributed.Client(scheduler_address) as client:  # nothing of ours stays behind
         assert not [n for n in client.list_datasets() if str(n).startswith("parmap-share-")]

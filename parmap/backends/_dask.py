@@ -331,6 +331,7 @@ class DaskBackend(Backend):
             "workers": self.requested_workers or session.threads,
             "cluster": session.origin,
             "scheduler": scheduler.address if scheduler is not None else None,
+            "batches": "tasks" if session.direct is None else "sent straight to the workers",
         }
 
     def shutdown(self) -> None:

@@ -8,15 +8,16 @@ worker). A DEAP generation pays that at its start and end while its workers
 idle. parmap owns the embedded cluster, so it sends each batch as one
 request to a worker instead, the way Dask's actors are called::
 
-    caller (client's event loop)                 worker process
-    ────────────────────────────                 ──────────────
-    DirectPool.submit(head, items)
-      queue; the worker with the fewest
-      batches takes it if it holds < 2 per thread
-    _call: rpc "parmap_run" ───────────────────►  _Runner.run: unpickle the spec
-                                                    worker.executor (its task threads)
-                                                    run_batch(spec, items) -> bytes
-           reply {"status": "OK", ...} ◄──────────
+    caller                                       worker process
+    ──────                                       ──────────────
+    DirectPool.submit(spec, items): queue it;
+      the worker with the most room takes it,
+      up to 2 batches per thread
+    _run, on the client's event loop:
+      request "parmap_run" ──────────────────►   _Runner.run (its event loop)
+                                                   worker.executor (its task threads):
+                                                   run_batch(spec, items) -> Outcome bytes
+      reply {"status": "OK", ...} ◄───────────
     the batch's future gets the bytes; the
     worker takes the next queued batch
 
@@ -28,11 +29,14 @@ idle between batches. What the scheduler still does: it knows the workers
 exit codes. Clusters parmap only connects to keep using tasks: the scheduler
 there must see the work, or adaptive scaling and other clients would not.
 
-A worker that dies fails the batches it held (the caller names its exit
-code); a worker not reachable yet, or that lacks the handler for a moment
-after it (re)started, gets the batch again a moment later, without counting
-as a failure. Stopping work drops queued batches, cancels the ones waiting on
-a worker, and with ``stop_running`` kills the workers running the others.
+A large function (over 64 KiB) is sent to a worker until it answers one
+batch; later batches leave it out, and a worker whose cache let go of it asks
+for it again ("need-spec"). A worker that dies fails the batches it held (the
+caller names its exit code). A batch that a worker could not take (not
+reachable yet, or without the handler for a moment after it started) is
+queued again, first in line, and does not count as a failure. Stopping work
+drops queued batches, cancels the ones waiting on a worker, and with
+``stop_running`` kills the workers running the others.
 """
 
 from __future__ import annotations
@@ -179,10 +183,10 @@ class DirectPool:
         job = _Job(
             cf.Future(), full, light, spec.fn_token, items, f"{self._prefix}-{next(self._ids)}"
         )
+        job.future._parmap_job = job  # type: ignore[attr-defined]
         with self._lock:
             self._queue.append(job)
             self._dispatch()
-        job.future._parmap_job = job  # type: ignore[attr-defined]
         return job.future
 
     def cancel(self, futures: list[cf.Future[Any]], *, stop_running: bool) -> set[str]:
