@@ -128,6 +128,19 @@ def test_a_worker_that_let_go_of_a_large_function_gets_it_again(census):
     assert parmap.parmap(pick, range(40), backend="dask", chunksize=2) == expected
 
 
+def test_an_idle_worker_takes_back_a_batch_waiting_behind_a_slow_one(census):
+    """Each worker holds its running batch and the next one; at the end of a call a
+    worker that ran out of work takes a waiting batch from the other."""
+
+    def slow_first(i):
+        time.sleep(2.0 if i == 0 else 0.01)
+        return os.getpid()
+
+    parmap.parmap(funcs.square, range(4), backend="dask")  # the cluster is up
+    pids = parmap.parmap(slow_first, range(6), backend="dask", chunksize=1)
+    assert pids[0] not in pids[1:], "a batch waited for the slow one on its worker"
+
+
 def test_timeout_kills_running_work_and_share_survives(census):
     table = parmap.share(list(range(1_000)))
 

@@ -23,7 +23,9 @@ request to a worker instead, the way Dask's actors are called::
 
 One request is one round trip (about 1.3 ms here, against 7-9 ms for a task),
 and with the next batch already waiting on the worker the threads rarely
-idle between batches. What the scheduler still does: it knows the workers
+idle between batches. At the end of a call, a worker that ran out of work
+asks for a batch still waiting behind another worker's running one
+(``_take_back_for``), as workers pulling from one queue would have taken it. What the scheduler still does: it knows the workers
 (the pool reads its worker list, in-process), ships ``parmap.share()`` values
 (datasets) and sees a dead worker; the nannies restart workers and report
 exit codes. Clusters parmap only connects to keep using tasks: the scheduler
@@ -71,6 +73,7 @@ _RETRY_DELAY = 0.05  # seconds before a worker that was not ready is tried again
 _NO_WORKER_TIMEOUT = 60.0  # seconds queued batches wait for any worker to (re)start
 _CONNECT_TIMEOUT = 2.0  # seconds: a worker on this machine answers in milliseconds
 _MAX_NOT_READY = 200  # tries (about 10 s) before a batch no worker would take fails
+_INLINE_BYTES = 64 * 1024  # smaller payloads ride in the message itself (0.3 ms less per batch)
 
 # -- on the worker ---------------------------------------------------------------------
 
@@ -110,7 +113,7 @@ class _Runner(distributed.WorkerPlugin):
             raise
         finally:
             _waiting.pop(batch, None)
-        return {"status": "OK", "result": to_serialize(outcome)}
+        return {"status": "OK", "result": _payload(outcome)}
 
     def cancel(self, batches: list[str]) -> None:
         """Drop batches that wait for a thread (a running one cannot be stopped)."""
@@ -118,6 +121,11 @@ class _Runner(distributed.WorkerPlugin):
             future = _waiting.get(batch)
             if future is not None:
                 future.cancel()
+
+
+def _payload(blob: bytes) -> Any:
+    """Bytes as a message carries them: inline when small, as their own frames when large."""
+    return blob if len(blob) <= _INLINE_BYTES else to_serialize(blob)
 
 
 def _bind_worker(worker: distributed.Worker) -> None:
@@ -147,6 +155,10 @@ class _NotReady(Exception):
     """The worker could not take the batch yet; another will, a moment later."""
 
 
+class _Taken(Exception):
+    """The batch was taken back before it started, for a worker that ran out of work."""
+
+
 @dataclass(eq=False)
 class _Job:
     future: cf.Future[Any]
@@ -159,6 +171,7 @@ class _Job:
     started: bool = False  # its future is running (a retried job keeps it so)
     dropped: bool = False  # cancelled: never send it (again)
     not_ready: int = 0  # workers that could not take it yet
+    taking: bool = False  # asked back from its worker for an idle one
 
 
 class DirectPool:
@@ -288,6 +301,9 @@ class DirectPool:
         error: BaseException | None = None
         try:
             result = await self._request(address, job)
+        except _Taken:
+            self._again(job, address, rest=False)
+            return
         except _NotReady as why:
             job.not_ready += 1
             if job.not_ready < _MAX_NOT_READY:
@@ -306,20 +322,43 @@ class DirectPool:
                 self._forget_gone()
                 self._resting[address] = float("inf")
             self._dispatch()
+            self._take_back_for(address)
         with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
             if error is None:
                 job.future.set_result(result)
             else:
                 job.future.set_exception(error)
 
-    def _again(self, job: _Job, address: str) -> None:
+    def _again(self, job: _Job, address: str, *, rest: bool = True) -> None:
         """Queue a batch again, first in line; rest the worker that could not take it."""
         with self._lock:
             self._sent[address].remove(job)
-            self._resting[address] = time.monotonic() + _RETRY_DELAY
+            if rest:
+                self._resting[address] = time.monotonic() + _RETRY_DELAY
+            job.taking = False
             if not job.dropped:
                 self._queue.appendleft(job)
             self._dispatch()
+
+    def _take_back_for(self, idle: str) -> None:
+        """At the end of a call, when ``idle`` ran out of work while another worker
+        still holds a batch behind its running one: ask for that batch back (with
+        the lock held). If it has not started, it comes back as ``_Taken`` and goes
+        to the idle worker; if it has, nothing changes. One worker finishing its
+        last batch long before the other is what a push of two batches per worker
+        costs at the end; a pool whose workers pull from one queue does not pay it.
+        """
+        if self._queue or self._sent.get(idle):
+            return
+        threads = self._threads()
+        if idle not in threads:
+            return
+        for address, jobs in self._sent.items():
+            waiting = [job for job in jobs[threads.get(address, 1) :] if not job.dropped]
+            if waiting and not any(job.taking for job in waiting):
+                waiting[-1].taking = True
+                self._loop().add_callback(self._tell_cancel, address, [waiting[-1].batch])
+                return
 
     def _forget_gone(self) -> None:
         """Drop what is kept about workers that left the cluster (with the lock held)."""
@@ -333,12 +372,14 @@ class DirectPool:
         holds = self._holds.setdefault(address, set())
         light = job.light is not None and job.token in holds
         reply = await self._send(address, "parmap_run", head=job.light if light else job.full,
-                                 items=to_serialize(job.items), batch=job.batch)  # fmt: skip
+                                 items=_payload(job.items), batch=job.batch)  # fmt: skip
         if isinstance(reply, dict) and reply.get("status") == "need-spec":  # its cache let go
             reply = await self._send(address, "parmap_run", head=job.full,
-                                     items=to_serialize(job.items), batch=job.batch)  # fmt: skip
+                                     items=_payload(job.items), batch=job.batch)  # fmt: skip
         if not isinstance(reply, dict) or reply.get("status") not in ("OK", "cancelled"):
             raise _NotReady(reply)  # None: the worker has no handler yet (just restarted)
+        if reply["status"] == "cancelled" and not job.dropped:
+            raise _Taken
         if job.light is not None:
             holds.add(job.token)
         return reply.get("result")
