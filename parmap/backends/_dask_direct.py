@@ -25,11 +25,13 @@ One request is one round trip (about 1.3 ms here, against 7-9 ms for a task),
 and with the next batch already waiting on the worker the threads rarely
 idle between batches. At the end of a call, a worker that ran out of work
 asks for a batch still waiting behind another worker's running one
-(``_take_back_for``), as workers pulling from one queue would have taken it. What the scheduler still does: it knows the workers
-(the pool reads its worker list, in-process), ships ``parmap.share()`` values
-(datasets) and sees a dead worker; the nannies restart workers and report
-exit codes. Clusters parmap only connects to keep using tasks: the scheduler
-there must see the work, or adaptive scaling and other clients would not.
+(``_take_back_for``), as workers pulling from one queue would have taken it.
+
+What the scheduler still does: it knows the workers (the pool reads its
+worker list, in-process), ships ``parmap.share()`` values (datasets) and sees
+a dead worker; the nannies restart workers and report exit codes. Clusters
+parmap only connects to keep using tasks: the scheduler there must see the
+work, or adaptive scaling and other clients would not.
 
 A large function (over 64 KiB) is sent to a worker until it answers one
 batch; later batches leave it out, and a worker whose cache let go of it asks
