@@ -209,6 +209,7 @@ class DirectPool:
         kill: set[str] = set()
         tell: dict[str, list[str]] = {}
         with self._lock:
+            threads = self._threads()
             for future in futures:
                 job: _Job | None = getattr(future, "_parmap_job", None)
                 future.cancel()
@@ -217,9 +218,8 @@ class DirectPool:
                 job.dropped = True
                 if job.address is None:
                     continue
-                sent = self._sent.get(job.address, [])
-                threads = self._threads().get(job.address, 1)
-                if stop_running and job in sent[:threads]:
+                running = self._sent.get(job.address, [])[: threads.get(job.address, 1)]
+                if stop_running and job in running:
                     kill.add(job.address)
                 else:
                     tell.setdefault(job.address, []).append(job.batch)
