@@ -185,7 +185,14 @@ class _ToActors(Dispatcher):
         self.pool = pool
 
     def capacity(self) -> Mapping[Hashable, int]:
-        return dict.fromkeys(self.pool.slots(), 1)
+        # Never make actors on a runtime that is gone: Ray would start a default
+        # instance of its own from this thread (its auto-init), and the next call's
+        # ray.init would find it.
+        with _runtime.lock:
+            if self.pool.where is None or _runtime.broken or not ray.is_initialized():
+                raise RuntimeLost("the Ray runtime this pool used is gone; the next call "
+                                  "starts a fresh one")  # fmt: skip
+            return dict.fromkeys(self.pool.slots(), 1)
 
     def start(self, worker: Hashable, job: Job) -> None:
         slot: _Slot = worker  # type: ignore[assignment]
