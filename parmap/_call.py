@@ -39,7 +39,7 @@ from parmap._driver import Driver, RandomState
 from parmap._errors import SerializationError
 from parmap._failures import error_from, item_repr
 from parmap._serialization import digest, dumps, dumps_function
-from parmap._share import publishing
+from parmap._share import live_shares, publishing
 from parmap._worker import CallSpec, Outcome, execute, run_items
 from parmap.backends._base import Backend
 
@@ -414,7 +414,8 @@ def _spec(
         if init is not None:
             init_blob = _dumps_or_raise((init, settings.initargs), "initializer", dumps_function)
     token = digest(fn_blob)
-    spec = CallSpec(token, fn_blob, star, digest(init_blob) if init_blob else None, init_blob)
+    init_token = digest(init_blob) if init_blob else None
+    spec = CallSpec(token, fn_blob, star, init_token, init_blob, live_shares())
     return spec, (token, name_key)
 
 

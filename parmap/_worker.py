@@ -36,6 +36,7 @@ __all__ = [
     "ErrorRecord",
     "Outcome",
     "holds",
+    "drop_released",
     "on_worker",
     "prepare_pool_worker",
     "run_batch",
@@ -88,6 +89,9 @@ class CallSpec:
     star: bool
     init_token: str | None = None
     initializer: Any = None
+    # The caller's share() prefix and its live tokens (parmap._share.live_shares): a
+    # worker drops the caller's cached values that are not among them. Empty: drop none.
+    live_shares: tuple[str, ...] = ()
 
     @property
     def inline(self) -> bool:
@@ -98,7 +102,7 @@ class CallSpec:
 
     def light(self) -> CallSpec:
         """This spec without its blobs: for a worker that :func:`holds` them."""
-        return CallSpec(self.fn_token, None, self.star, self.init_token, None)
+        return CallSpec(self.fn_token, None, self.star, self.init_token, None, self.live_shares)
 
 
 @dataclass
@@ -190,6 +194,8 @@ def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
     """
     global in_worker
     in_worker = True
+    if spec.live_shares:
+        drop_released(spec.live_shares)
     try:
         if spec.init_token is not None and spec.init_token not in _initialized:
             spec = _with_initializer(spec)
@@ -203,6 +209,18 @@ def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
         outcome = execute(spec, fn, items)
     outcome.pid = os.getpid()
     return _dump(outcome)
+
+
+def drop_released(live: tuple[str, ...]) -> None:
+    """Forget the cached ``share()`` values of a caller that are not in its live list.
+
+    Args:
+        live: the caller's token prefix, then the tokens of its live handles.
+    """
+    owner, keep = live[0], frozenset(live[1:])
+    for token in list(shared_values):  # list(): one step, other batch threads may add
+        if token.startswith(owner) and token not in keep:
+            shared_values.pop(token, None)
 
 
 def holds(spec: CallSpec) -> bool:

@@ -316,7 +316,8 @@ class RayPool:
                 if len(self._bundles) > _BUNDLE_CACHE_SIZE:
                     self._bundles.popitem(last=False)
             else:
-                self._bundles.move_to_end(key)
+                with contextlib.suppress(KeyError):  # released meanwhile (release takes no lock)
+                    self._bundles.move_to_end(key)
             return holder
 
     def submit(self, prepared: _Prepared, items: bytes) -> cf.Future[Any]:
@@ -399,7 +400,12 @@ class RayPool:
         return RayLocator(token, ref)
 
     def release(self, token: str) -> None:
+        """Drop the caller's references to a shared value (its handle was collected): the
+        ObjectRef and the cached bundles holding it. Ray frees the object once no batch
+        holds it either (any thread; never blocks)."""
         self._shared.pop(token, None)
+        for key in [k for k in list(self._bundles) if token in k[2]]:
+            self._bundles.pop(key, None)
 
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"ray": ray.__version__, "connected": self.where}
