@@ -416,7 +416,9 @@ class RayPool:
 
     def shutdown(self) -> None:
         with self.dispatcher.lock:
-            if ray.is_initialized() and not _runtime.owned:  # the caller's Ray lives on
+            # The runtime may live on (the caller's own, or another pool's: one per set of
+            # options): this pool's actors end here. A broken one is killed whole instead.
+            if ray.is_initialized() and not _runtime.broken:
                 self._retire(self._slots)
             self._forget_runtime()
             thread, self._thread = self._thread, None
