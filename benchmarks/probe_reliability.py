@@ -6,18 +6,23 @@ script measures any revision (``PYTHONPATH=<other checkout>`` runs that one's pa
 Each probe stops itself: a call that hangs is abandoned after ``--limit`` seconds and
 reported as such.
 
-| probe | what it does | figures |
-|---|---|---|
-| ``raylet`` | 160 items of 0.25 s, workers=2, retries=1, no timeout; SIGKILL the raylet 4 s in | time to the error, its type; the next call's time and result |
-| ``scheduler`` | the same on Dask with ``address=`` to a ``dask scheduler`` process; SIGKILL it | the same |
-| ``share BACKEND`` | 30 rounds: a fresh ``share()`` of 10 MB, one call, ``del``, ``gc`` | workers' summed RSS, the caller's RSS and parmap's files in /dev/shm at rounds 5 and 30 |
-| ``threads BACKEND`` | two threads, 20 calls each, ``workers=2`` and ``workers=1`` | calls that failed or returned wrong results, wall time |
-| ``dask-share-kill`` | fn reads a shared list; 120 items of 0.25 s, retries=2; SIGKILL a worker 4 s in | time, outcome (5 runs) |
+- ``raylet``: 160 items of 0.25 s, workers=2, retries=1, no timeout; SIGKILL the raylet
+  4 s in. Prints the time to the error and its type, then the next call's time and result.
+- ``scheduler``: the same on Dask with ``address=`` to a ``dask scheduler`` process,
+  which is SIGKILLed.
+- ``share BACKEND``: 30 rounds of a fresh ``share()`` of 10 MB, one call, ``del``, ``gc``.
+  Prints the workers' summed RSS, the caller's RSS and parmap's files in /dev/shm at
+  rounds 1, 5 and 30.
+- ``threads BACKEND``: two threads, 20 calls each, ``workers=2`` and ``workers=1``. Prints
+  the calls that raised or returned wrong results, and the wall time.
+- ``dask-share-kill``: fn reads a shared list; 120 items of 0.25 s, retries=2; SIGKILL a
+  worker 4 s in; 5 runs. Prints each run's time and outcome.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import signal
@@ -60,10 +65,8 @@ def shm_bytes(before: set[str]) -> int:
         if entry.name in before:
             continue
         for path in [entry, *entry.rglob("*")] if entry.is_dir() else [entry]:
-            try:
+            with contextlib.suppress(OSError):
                 total += path.stat().st_size if path.is_file() else 0
-            except OSError:
-                pass
     return total
 
 
@@ -74,7 +77,7 @@ def in_thread(fn, limit: float):
     def run() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported
+        except BaseException as exc:
             box["value"] = exc
 
     started = time.monotonic()
@@ -178,9 +181,9 @@ def probe_share(backend: str, rounds: int = 30) -> None:
         if round_ in (1, 5, 30) or round_ == rounds:
             time.sleep(1.0)  # let engines act on what was released
             workers = sum(_rss(p) for p in family())
+            caller, shm = me.memory_info().rss / MB, shm_bytes(shm_before) / MB
             print(f"{backend} round {round_:2d}: workers {workers / MB:7.0f} MB, caller "
-                  f"{me.memory_info().rss / MB:6.0f} MB, /dev/shm {shm_bytes(shm_before) / MB:5.0f} MB",
-                  flush=True)  # fmt: skip
+                  f"{caller:6.0f} MB, /dev/shm {shm:5.0f} MB", flush=True)  # fmt: skip
 
 
 def probe_threads(backend: str, rounds: int = 20) -> None:
@@ -193,7 +196,7 @@ def probe_threads(backend: str, rounds: int = 20) -> None:
                 got = parmap.parmap(abs, range(-50, 50), backend=backend, workers=workers)
                 if got != [abs(i) for i in range(-50, 50)]:
                     wrong[0] += 1
-            except Exception as exc:  # noqa: BLE001 - counted
+            except Exception as exc:
                 failures.append(f"workers={workers} round {r}: {describe(exc)}")
 
     started = time.monotonic()

@@ -10,6 +10,7 @@ failures they guard against.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -17,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -68,10 +68,8 @@ def descendants_named(word):
 def rss(processes):
     total = 0
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 
@@ -83,7 +81,7 @@ def slow(seconds):
     return fn
 
 
-# -- 1. the engine's own processes die mid-call --------------------------------------------
+# -- 1. the engine's own processes die mid-call ----------------------------------------------------
 
 
 @needs("ray")
@@ -171,7 +169,7 @@ def test_dask_scheduler_killed_mid_call_fails_within_seconds(dask_cluster_proces
     assert time.monotonic() - started < 10
 
 
-# -- 2. a long run that shares a new value every generation ---------------------------------
+# -- 2. a long run that shares a new value every generation ----------------------------------------
 
 
 def test_a_long_run_of_shares_holds_one_generation_at_a_time(remote_backend, census):
@@ -206,7 +204,8 @@ def test_a_long_run_of_shares_holds_one_generation_at_a_time(remote_backend, cen
             figures[generation] = (workers, me.memory_info().rss, shm())
     (w5, c5, s5), (w30, c30, s30) = figures[5], figures[30]
     print(f"{remote_backend}: round 5 -> 30: workers {w5 / MB:.0f} -> {w30 / MB:.0f} MB, "
-          f"caller {c5 / MB:.0f} -> {c30 / MB:.0f} MB, /dev/shm {s5 / MB:.0f} -> {s30 / MB:.0f} MB")  # fmt: skip
+          f"caller {c5 / MB:.0f} -> {c30 / MB:.0f} MB, "
+          f"/dev/shm {s5 / MB:.0f} -> {s30 / MB:.0f} MB")  # fmt: skip
     # Holding all 25 later values would add 250 MB per worker process and to the caller.
     assert (w30 - w5) / MB < 120, "the workers keep the values of past generations"
     assert (c30 - c5) / MB < 60, "the caller keeps the values of past generations"
@@ -228,10 +227,11 @@ def test_workers_drop_a_released_value(remote_backend, census):
 
         return sorted(_worker.shared_values)
 
+    def both(old, kept):
+        return lambda i: old.value[i] + len(kept.value)
+
     options = {"backend": remote_backend, "workers": 1, "chunksize": 1}
-    assert parmap.parmap(lambda i: old.value[i] + len(kept.value), range(4), **options) == [
-        i + 4 for i in range(4)
-    ]
+    assert parmap.parmap(both(old, kept), range(4), **options) == [i + 4 for i in range(4)]
     old_token, kept_token = old._token, kept._token
     del old
     gc.collect()
@@ -239,7 +239,7 @@ def test_workers_drop_a_released_value(remote_backend, census):
     assert all(kept_token in tokens_ and old_token not in tokens_ for tokens_ in held), held
 
 
-# -- 3. threads with different options --------------------------------------------------------
+# -- 3. threads with different options -------------------------------------------------------------
 
 
 def test_threads_with_different_workers_never_stop_each_other(remote_backend, census):
@@ -268,7 +268,7 @@ def test_threads_with_different_workers_never_stop_each_other(remote_backend, ce
     assert not wrong
 
 
-# -- 4. Dask: a shared value lost with its worker ------------------------------------------------
+# -- 4. Dask: a shared value lost with its worker --------------------------------------------------
 
 
 @needs("dask")
@@ -305,13 +305,13 @@ def test_dask_task_path_shared_value_lost_is_retried(dask_cluster_processes):
         return table.value[x]
 
     assert parmap.parmap(look, range(4), backend="dask", address=address) == list(range(4))
-    worker = [p for p in descendants_named("spawn_main")][0]
+    worker = descendants_named("spawn_main")[0]
     kill_after(1.0, lambda: worker)
     got = parmap.parmap(look, range(40), backend="dask", address=address, chunksize=2, retries=3)
     assert got == list(range(40))
 
 
-# -- 5. strangers: the embedded Dask cluster takes no client without its key -------------------
+# -- 5. strangers: the embedded Dask cluster takes no client without its key -----------------------
 
 STRANGER = """
 import sys, distributed
@@ -353,7 +353,7 @@ def test_embedded_dask_cluster_refuses_a_client_of_another_process(tmp_path, cen
     assert parmap.parmap(abs, range(-3, 3), backend="dask") == [3, 2, 1, 0, 1, 2]
 
 
-# -- 6. /dev/shm after the caller is ended -------------------------------------------------------
+# -- 6. /dev/shm after the caller is ended ---------------------------------------------------------
 
 SHARING_CALLER = """
 import sys, time, parmap
@@ -433,7 +433,7 @@ def _start_time(pid):
         return int(file.read().rsplit(b")", 1)[1].split()[19])
 
 
-# -- 7. Dask's scratch space is parmap's own ---------------------------------------------------------
+# -- 7. Dask's scratch space is parmap's own -------------------------------------------------------
 
 
 @needs("dask")
@@ -461,7 +461,7 @@ def test_embedded_dask_workers_keep_their_files_in_a_private_directory(tmp_path,
     assert not root.exists(), "the private directory outlived the cluster"
 
 
-# -- 8. an unpicklable result names the worker's pid ------------------------------------------------
+# -- 8. an unpicklable result names the worker's pid -----------------------------------------------
 
 
 def _make_lock(x):
@@ -478,7 +478,7 @@ def test_unpicklable_result_error_names_the_workers_pid(backend, census):
     assert pid in workers, (pid, workers)
 
 
-# -- 9. KeyboardInterrupt raised by fn ---------------------------------------------------------------
+# -- 9. KeyboardInterrupt raised by fn -------------------------------------------------------------
 
 
 def interrupting(directory):

@@ -305,7 +305,8 @@ class DaskEngine:
             for entry in list(self._published.values()):
                 here = entry.future.client is session.client and entry.future.status == "finished"
                 if every or killed or not here:
-                    old, entry.future = entry.future, _broadcast(session.client, entry.name, entry.blob)
+                    old = entry.future
+                    entry.future = _broadcast(session.client, entry.name, entry.blob)
                     if old.client is session.client:
                         old.release()
 

@@ -71,7 +71,7 @@ def sweep(parent: str, prefix: str) -> list[str]:
     Returns:
         The paths removed.
     """
-    removed = []
+    removed: list[str] = []
     uid = os.getuid()
     try:
         names = os.listdir(parent)
