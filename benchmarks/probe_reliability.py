@@ -116,7 +116,7 @@ def probe_raylet(limit: float) -> None:
     parmap.parmap(abs, range(10), backend="ray", workers=2)
 
     def raylet() -> int:
-        return next(p.pid for p in family() if "raylet" in " ".join(p.cmdline()))
+        return next(p.pid for p in family() if p.name() == "raylet")
 
     kill_later(raylet, 4.0)
     call = lambda: parmap.parmap(slow, range(160), backend="ray", workers=2, retries=1)  # noqa: E731

@@ -87,7 +87,7 @@ class Shared(Generic[T]):
 
             return (_RemoteShared, (self._token, InlineLocator(dumps(self._value))))
         locator = self._locators.get(backend)
-        if locator is None:
+        if locator is None or not locator.current():
             locator = self._locators[backend] = backend.publish(self._token, dumps(self._value))
         return (_RemoteShared, (self._token, locator))
 

@@ -86,18 +86,26 @@ def slow(seconds):
 
 @needs("ray")
 def test_ray_raylet_killed_mid_call_fails_within_seconds_and_the_next_call_works(census):
-    parmap.parmap(abs, range(10), backend="ray", workers=2)  # warm: the instance is up
-    killed = kill_after(2.0, lambda: descendants_named("raylet")[0])
+    table = parmap.share(list(range(10)))  # its object dies with the instance: sent again
+
+    def look(i):
+        return table.value[i]
+
+    assert parmap.parmap(look, range(10), backend="ray", workers=2) == list(range(10))
+    killed = kill_after(2.0, raylet)
     with pytest.raises(parmap.WorkerCrashedError) as info:
         parmap.parmap(slow(0.25), range(160), backend="ray", workers=2, retries=1)
     seconds = time.monotonic() - killed["at"]
     print(f"ray: the call failed {seconds:.1f} s after the raylet was killed: {info.value}")
     assert seconds < 15, "no timeout= was given: the death must be noticed by itself"
     started = time.monotonic()
-    assert parmap.parmap(abs, range(-5, 5), backend="ray", workers=2) == [
-        abs(i) for i in range(-5, 5)
-    ]
+    assert parmap.parmap(look, range(10), backend="ray", workers=2) == list(range(10))
     print(f"ray: the next call took {time.monotonic() - started:.1f} s (a fresh instance)")
+
+
+def raylet():
+    """The embedded Ray instance's raylet: a child of this process."""
+    return next(p.pid for p in psutil.Process().children(recursive=True) if p.name() == "raylet")
 
 
 def free_port():
@@ -499,3 +507,25 @@ def test_keyboard_interrupt_raised_by_fn_is_fns_and_never_retried(backend, tmp_p
     assert any("item 3" in note for note in info.value.__notes__)
     assert len(list(tmp_path.glob("3-*.ran"))) == 1, "the batch was retried"
     assert parmap.parmap(abs, range(-3, 3), backend=backend) == [3, 2, 1, 0, 1, 2]
+
+
+@needs_shm
+@pytest.mark.skipif("multiprocessing" not in BACKENDS, reason="needs multiprocessing")
+def test_a_forked_child_keeps_sigterms_default_and_the_callers_files(census):
+    """The SIGTERM handler that removes the caller's files is not a forked worker's."""
+    table = parmap.share(b"x" * 100)
+    for start_method in ("fork", "forkserver"):
+        with parmap.config(start_method=start_method):
+            got = parmap.parmap(lambda i: table.value[i], range(3), backend="multiprocessing")
+        assert got == [120] * 3
+    owned = list(Path("/dev/shm").glob(f"parmap-shared-{os.getpid()}-*"))
+    assert owned
+    pid = os.fork()
+    if pid == 0:  # the child: wait to be terminated
+        time.sleep(30)
+        os._exit(0)
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert all(path.exists() for path in owned), "a forked child removed the caller's files"

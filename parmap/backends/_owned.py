@@ -107,6 +107,7 @@ def make_owned_dir(parent: str | None, prefix: str) -> str:
 
 _on_sigterm: set[str] = set()
 _handler_installed = False
+_installed_by = 0  # the pid whose paths they are: a forked child inherits the handler
 
 
 def remove_on_sigterm(path: str) -> None:
@@ -118,7 +119,7 @@ def remove_on_sigterm(path: str) -> None:
     handler of the program's own (or Ray's, which exits through ``atexit``) is left
     alone; a path made elsewhere is swept by the next caller (:func:`sweep`).
     """
-    global _handler_installed
+    global _handler_installed, _installed_by
     _on_sigterm.add(path)
     if _handler_installed or threading.current_thread() is not threading.main_thread():
         return
@@ -126,6 +127,22 @@ def remove_on_sigterm(path: str) -> None:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _terminated)
             _handler_installed = True
+            _installed_by = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a fork-started pool worker) gets SIGTERM's default back: the
+    paths are not its own, and a pool ends its workers with SIGTERM, at once."""
+    global _handler_installed
+    _on_sigterm.clear()
+    if _handler_installed and signal.getsignal(signal.SIGTERM) is _terminated:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _handler_installed = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def forget_on_sigterm(path: str) -> None:
@@ -134,7 +151,8 @@ def forget_on_sigterm(path: str) -> None:
 
 
 def _terminated(signum: int, frame: Any) -> None:
-    for path in list(_on_sigterm):
-        shutil.rmtree(path, ignore_errors=True)
+    if os.getpid() == _installed_by:  # not in a forked child (a fork-started pool worker)
+        for path in list(_on_sigterm):
+            shutil.rmtree(path, ignore_errors=True)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)

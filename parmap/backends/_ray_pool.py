@@ -60,7 +60,7 @@ from parmap._worker import CallSpec
 from parmap.backends import _ray_local, _ray_reaper
 from parmap.backends._base import Locator, default_workers
 from parmap.backends._dispatch import Dispatcher, Job
-from parmap.backends._ray_worker import RayLocator, Worker, collected_refs
+from parmap.backends._ray_worker import RayLocator, Worker, collected_refs, runtimes_started
 
 __all__ = ["RayPool"]
 
@@ -117,6 +117,7 @@ class _Runtime:
             return self.where
 
     def _start(self, address: str | None, cpus: int) -> None:
+        runtimes_started[0] += 1  # the ObjectRefs of shared values made before are void
         if ray.is_initialized():
             self.where = "the running Ray runtime (ray.init() by the caller)"
         elif address:
