@@ -529,3 +529,30 @@ def test_a_forked_child_keeps_sigterms_default_and_the_callers_files(census):
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
     assert all(path.exists() for path in owned), "a forked child removed the caller's files"
+
+
+def test_the_instances_of_the_two_option_sets_used_last_stay():
+    """Two threads with different options do not restart each other's workers at every
+    call; a third option set stops the instance used longest ago, once unleased."""
+    from parmap import _registry
+
+    parmap.shutdown()
+
+    def live():
+        return [b.requested_workers for b in _registry.live_backends() if b.name == "serial"]
+
+    try:
+        for workers in (1, 2, 1, 2):
+            with _registry.lease("serial", {"workers": workers}):
+                pass
+        assert sorted(live()) == [1, 2]
+        with _registry.lease("serial", {"workers": 1}) as held:
+            with (
+                _registry.lease("serial", {"workers": 3}),
+                _registry.lease("serial", {"workers": 2}),
+            ):
+                assert held.requested_workers == 1
+            assert sorted(live()) == [1, 2, 3]  # 1 is superseded, but a call holds it
+        assert sorted(live()) == [2, 3], "the instance used longest ago stayed"
+    finally:
+        parmap.shutdown()
