@@ -55,7 +55,7 @@ def test_embedded_cluster_is_local_and_quiet(census, capfd):
     backend = live_dask_backend()
     facts = backend.describe()
     assert facts["cluster"] == "an embedded Dask LocalCluster"
-    assert facts["scheduler"].startswith("tls://127.0.0.1:")  # a key of its own: see test_reliability
+    assert facts["scheduler"].startswith("tls://127.0.0.1:")  # its own key (test_reliability)
     assert facts["batches"] == "sent straight to the workers"
     assert facts["workers"] == parmap.backends._base.default_workers()
     assert set(backend.client.nthreads().values()) == {1}
@@ -112,7 +112,8 @@ def test_embedded_batches_skip_the_scheduler(census):
     got = parmap.parmap(funcs.square, range(300), backend="dask", chunksize=3)
     assert got == [i * i for i in range(300)]
     scheduler = live_dask_backend().engine.session().cluster.scheduler
-    assert not {"run_batch", "run_batch_task"} & set(scheduler.task_prefixes), "batches went through the scheduler"
+    tasks = {"run_batch", "run_batch_task"} & set(scheduler.task_prefixes)
+    assert not tasks, "batches went through the scheduler"
 
 
 def test_a_worker_that_let_go_of_a_large_function_gets_it_again(census):
