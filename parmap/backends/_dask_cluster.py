@@ -366,8 +366,9 @@ class DaskEngine:
         return _Session(client, "the default Dask client", _threads(client))
 
     def _connect(self, address: str, origin: str) -> _Session:
-        current = self._connected
-        if current is not None and current.address == address and current.alive:
+        current = self._connected  # one that lost its scheduler and reconnects is replaced
+        running = current is not None and current.client.status == "running"
+        if current is not None and running and current.address == address:
             return current
         if current is not None:
             self._connected = None

@@ -151,6 +151,8 @@ class _Runtime:
     def check(self) -> None:
         """Raise :class:`RuntimeLost` if the embedded instance's own processes died."""
         if self.owned and self.processes and not all(map(_ray_reaper.alive, self.processes)):
+            if not self.broken:
+                runtimes_started[0] += 1  # its shared values' ObjectRefs are void
             self.broken = True
             raise RuntimeLost(
                 "the embedded Ray instance's own processes (raylet, GCS) died; "
