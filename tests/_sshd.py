@@ -11,6 +11,7 @@ the launcher by hand.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -94,10 +95,8 @@ class Sshd:
 
     def kill_sessions(self) -> None:
         for process in self.sessions():
-            try:
+            with contextlib.suppress(psutil.Error):
                 process.kill()
-            except psutil.Error:
-                pass
 
     def stop(self) -> None:
         self.kill_sessions()
@@ -201,7 +200,8 @@ def _wait_listening(sshd: Sshd, deadline: float) -> None:
     pending = list(sshd.hosts)
     while pending:
         if sshd.process.poll() is not None:
-            raise RuntimeError(f"sshd exited with {sshd.process.returncode}: {sshd.log.read_text()}")
+            log = sshd.log.read_text()
+            raise RuntimeError(f"sshd exited with {sshd.process.returncode}: {log}")
         try:
             with socket.create_connection((pending[0], sshd.port), timeout=1):
                 pending.pop(0)
