@@ -22,7 +22,17 @@ from pathlib import Path
 
 import _sshd
 import pytest
-from test_scoop import MARKER, SCRIPTS_DIR, _marked, _split_corpus, oracle, run
+from test_scoop import (
+    MARKER,
+    SCRIPTS_DIR,
+    _marked,
+    _split_corpus,
+    examples_oracle,
+    oracle,
+    run,
+    run_examples,
+    scoop_examples,
+)
 
 from parmap.scoop import _hosts, _ssh
 
@@ -238,6 +248,7 @@ def test_hosts_option_runs_the_work_on_those_hosts(hosts_clean):
     assert size == 4
     assert set(hosts) == set(HOSTS), hosts  # every item ran in an SSH session of a host
     assert sum(hosts.values()) == 40
+    assert re.search(r"^item 0 printed this on 127\.0\.0\.[23]$", done.stdout, re.M)  # as SCOOP
     print(f"--hosts, 4 workers: {seconds:.1f} s")
 
 
@@ -259,6 +270,21 @@ def test_hostfile_runs_scoop_programs_like_serial(hosts_clean, tmp_path):
         if script == "deap_onemax.py" and outcomes[script] != oracle(script):
             continue  # test_scoop.KNOWN: Dask's client draws from the global random module
         assert outcomes[script] == oracle(script), (script, done.stderr[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_scoop_examples_over_ssh_hosts(hosts_clean):
+    """SCOOP's tree_traversal.py (a map with a keyword, recursive maps, a 128,000-node
+    shared tree) and others, on the two hosts: the same output as on serial."""
+    names = ["tree_traversal.py", "shared_example_doc.py", "map_doc.py", "full_tree.py"]
+    assert set(names) <= set(scoop_examples())
+    oracle_ = examples_oracle()
+    config = str(hosts_clean.ssh_config)
+    outcomes = run_examples("--ssh-config", config, "--hosts", *HOSTS, "--", names=names,
+                            deadline=240.0)  # fmt: skip
+    for name in names:
+        assert outcomes[name] == oracle_[name], name
 
 
 @pytest.mark.timeout(200)

@@ -20,9 +20,10 @@ workers; parmap only says where, how many, and stops them all::
 
 Each host's process runs through ``parmap.scoop._remote``, which ends it
 when its SSH session closes, however that happens (the launcher killed
-included). Its logs arrive on the SSH channel and are read for as long as
-the cluster lives (``_drain_logs``): an unread channel eventually blocks the
-process that writes to it.
+included). What it prints and logs arrives on the SSH channel and is read
+for as long as the cluster lives (``_drain_logs``; prints go to this
+process's stdout, as SCOOP showed them): an unread channel eventually
+blocks the process that writes to it.
 """
 
 from __future__ import annotations
@@ -386,20 +387,37 @@ def _start_error(exc: Exception, plan: _hosts.HostList, lines: list[str]) -> Exc
 
 
 def _drain_logs(cluster: Any) -> None:
-    """Read what the remote processes print, for as long as they run (logged at debug)."""
+    """Read what the remote processes write, for as long as they run.
+
+    What the workers print (the mapped functions' ``print``) is copied to this
+    process's standard output, as SCOOP showed its remote workers' output; their
+    logs are logged here at debug level.
+    """
     for process in cluster.workers.values():
-        stream = getattr(getattr(process, "proc", None), "stderr", None)
-        if stream is not None:
-            cluster.loop.add_callback(_forward, stream, getattr(process, "address", "?"))
+        remote = getattr(process, "proc", None)
+        host = getattr(process, "address", "?")
+        if getattr(remote, "stdout", None) is not None:
+            cluster.loop.add_callback(_forward, remote.stdout, host, _to_stdout)
+        if getattr(remote, "stderr", None) is not None:
+            cluster.loop.add_callback(_forward, remote.stderr, host, _to_log)
 
 
-async def _forward(stream: Any, host: str) -> None:
+def _to_stdout(host: str, line: str) -> None:
+    sys.stdout.write(line if line.endswith("\n") else line + "\n")
+    sys.stdout.flush()
+
+
+def _to_log(host: str, line: str) -> None:
+    log.debug("%s: %s", host, line.rstrip())
+
+
+async def _forward(stream: Any, host: str, write: Any) -> None:
     with contextlib.suppress(Exception):
         while True:
             line = await stream.readline()
             if not line:
                 return
-            log.debug("%s: %s", host, line.rstrip())
+            write(host, line)
 
 
 # -- stopping -----------------------------------------------------------------------
