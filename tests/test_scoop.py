@@ -221,6 +221,9 @@ EXAMPLES_LEFT_OUT = {
     "url_fetch_doc.py": "fetches web sites (tests reach no network)",
     "image_resize.py": "needs PIL's pre-Pillow top-level `Image` module",
 }  # and the tree/ folder: a benchmark that needs a generated tree file and DEAP's removed dtm
+# Examples whose mapped functions print: two workers' lines interleave (under SCOOP too),
+# even within a line, so their output is compared as the characters printed.
+WORKERS_PRINT = {"shared_example.py"}
 
 
 def scoop_examples() -> list[str]:
@@ -266,7 +269,11 @@ def test_scoop_examples_directory_matches_serial():
     oracle_ = examples_oracle()
     assert outcomes["except_example.py"][0] == 1  # it ends on its "normal" exception
     for name in names:
-        assert outcomes[name] == oracle_[name], name
+        if name in WORKERS_PRINT:
+            (code, out), (expected_code, expected) = outcomes[name], oracle_[name]
+            assert (code, sorted(out)) == (expected_code, sorted(expected)), name
+        else:
+            assert outcomes[name] == oracle_[name], name
 
 
 # -- the launcher behaves like python script.py --------------------------------
