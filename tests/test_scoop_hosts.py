@@ -394,3 +394,17 @@ def test_ssh_cluster_needs_hosts_outside_a_job(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match="not a SLURM, PBS or Grid Engine job"), _ssh.ssh_cluster():
         pass
+
+
+@pytest.mark.timeout(200)
+def test_this_machine_among_the_hosts_gets_its_workers_without_ssh(hosts_clean, census):
+    import parmap
+    from parmap.scoop import ssh_cluster
+
+    def _host_of(item):
+        connection = os.environ.get("SSH_CONNECTION")
+        return connection.split()[2] if connection else "here"
+
+    with ssh_cluster(["localhost", HOSTS[0]], ssh_config=str(hosts_clean.ssh_config)) as address:
+        where = parmap.parmap(_host_of, range(20), backend="dask", address=address, chunksize=1)
+    assert set(where) == {"here", HOSTS[0]}

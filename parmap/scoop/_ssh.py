@@ -394,12 +394,12 @@ def _drain_logs(cluster: Any) -> None:
     logs are logged here at debug level.
     """
     for process in cluster.workers.values():
-        remote = getattr(process, "proc", None)
+        remote = getattr(process, "proc", None)  # a local Nanny has none: nothing to read
         host = getattr(process, "address", "?")
-        if getattr(remote, "stdout", None) is not None:
-            cluster.loop.add_callback(_forward, remote.stdout, host, _to_stdout)
-        if getattr(remote, "stderr", None) is not None:
-            cluster.loop.add_callback(_forward, remote.stderr, host, _to_log)
+        for name, write in (("stdout", _to_stdout), ("stderr", _to_log)):
+            stream = getattr(remote, name, None)
+            if stream is not None:
+                cluster.loop.add_callback(_forward, stream, host, write)
 
 
 def _to_stdout(host: str, line: str) -> None:
