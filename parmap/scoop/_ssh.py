@@ -41,6 +41,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from parmap.scoop import _hosts
@@ -162,7 +163,7 @@ def is_this_machine(host: str) -> bool:
     return host in {"localhost", "127.0.0.1", "::1", name, name.split(".")[0], socket.getfqdn()}
 
 
-def _listen_address(plan: _hosts.HostList, on_first_host: bool) -> str | None:
+def _listen_address(plan: _hosts.HostList, *, on_first_host: bool) -> str | None:
     """Where the scheduler listens: loopback for loopback hosts; the first host's
     address when it runs there; else every interface (None)."""
     if on_first_host:
@@ -193,33 +194,52 @@ def _start(
     quiet: bool,
 ) -> Any:
     distributed = _import_engine()
-    connect: dict[str, Any] = {"config": [ssh_config]} if ssh_config else {}
-    listen = scheduler_address or _listen_address(plan, on_first_host)
-    options = _worker_options(paths)
-    python = _remote_command(python)
-    total = sum(count for _, count in plan)
-    remote = _SSHWorker() if not on_first_host else None
+    remote = None if on_first_host else _SSHWorker()
     if remote is None and not on_first_host:
         log.warning("parmap: this distributed release has no SSH worker class parmap knows; "
                     "the scheduler runs on the first host instead")  # fmt: skip
+    settings = _Settings(
+        connect={"config": [ssh_config]} if ssh_config else {},
+        options=_worker_options(paths),
+        python=_remote_command(python),
+        listen=scheduler_address or _listen_address(plan, on_first_host=remote is None),
+        silence=logging.WARNING if quiet else False,
+    )
     with _RemoteOutput() as output:
         try:
-            if remote is None:
-                cluster = _first_host_cluster(distributed, plan, connect, options, python,
-                                              listen, quiet)  # fmt: skip
-            else:
-                specs = _worker_specs(plan, remote, connect, options, python)
-                cluster = distributed.SpecCluster(
-                    workers=specs, scheduler=_scheduler_spec(distributed, listen),
-                    name="parmap-ssh", silence_logs=logging.WARNING if quiet else False,
-                )  # fmt: skip
+            cluster = _make_cluster(distributed, plan, remote, settings)
         except Exception as exc:
             raise _start_error(exc, plan, output.lines()) from exc
-    _wait_for_workers(cluster, total, plan, listen)
+    total = sum(count for _, count in plan)
+    _wait_for_workers(cluster, total, plan)
     _drain_logs(cluster)
     log.info("parmap: %d Dask workers on %s, scheduler %s", total,
              ", ".join(f"{h} ({n})" for h, n in plan), cluster.scheduler_address)  # fmt: skip
     return cluster
+
+
+@dataclass
+class _Settings:
+    """How every host's processes start."""
+
+    connect: dict[str, Any]  # asyncssh.connect options
+    options: dict[str, Any]  # each worker's (Nanny's) options
+    python: str  # the command that runs Python on the hosts
+    listen: str | None  # the scheduler's host; None: every interface
+    silence: int | bool  # SpecCluster's silence_logs
+
+
+def _make_cluster(
+    distributed: Any, plan: _hosts.HostList, remote: type | None, settings: _Settings
+) -> Any:
+    if remote is None:
+        return _first_host_cluster(distributed, plan, settings)
+    return distributed.SpecCluster(
+        workers=_worker_specs(plan, remote, settings),
+        scheduler={"cls": distributed.Scheduler, "options": _scheduler_options(settings.listen)},
+        name="parmap-ssh",
+        silence_logs=settings.silence,
+    )
 
 
 def _import_engine() -> Any:
@@ -267,10 +287,6 @@ def _worker_options(paths: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _scheduler_spec(distributed: Any, listen: str | None) -> dict[str, Any]:
-    return {"cls": distributed.Scheduler, "options": _scheduler_options(listen)}
-
-
 def _scheduler_options(listen: str | None) -> dict[str, Any]:
     """No dashboard; its HTTP server (health checks) on a free port, not 8787."""
     return {"host": listen, "port": 0, "dashboard": False,
@@ -278,47 +294,35 @@ def _scheduler_options(listen: str | None) -> dict[str, Any]:
 
 
 def _worker_specs(
-    plan: _hosts.HostList,
-    remote: type,
-    connect: dict[str, Any],
-    options: dict[str, Any],
-    python: str | None,
+    plan: _hosts.HostList, remote: type, settings: _Settings
 ) -> dict[str, dict[str, Any]]:
     specs: dict[str, dict[str, Any]] = {}
     for host, count in plan:
         if is_this_machine(host):
             for index in range(count):
-                specs[f"{host}-{index}"] = {"cls": "distributed.Nanny", "options": dict(options)}
+                specs[f"{host}-{index}"] = {"cls": "distributed.Nanny",
+                                            "options": dict(settings.options)}  # fmt: skip
         else:
             specs[host] = {"cls": remote, "options": {
-                "address": host, "connect_options": connect, "remote_python": python,
-                "kwargs": {**options, "n_workers": count},
+                "address": host, "connect_options": settings.connect,
+                "remote_python": settings.python,
+                "kwargs": {**settings.options, "n_workers": count},
             }}  # fmt: skip
     return specs
 
 
-def _first_host_cluster(
-    distributed: Any,
-    plan: _hosts.HostList,
-    connect: dict[str, Any],
-    options: dict[str, Any],
-    python: str | None,
-    listen: str | None,
-    quiet: bool,
-) -> Any:
+def _first_host_cluster(distributed: Any, plan: _hosts.HostList, settings: _Settings) -> Any:
     """Dask's public ``SSHCluster``: the scheduler on the first host, workers on all.
 
     Its worker options are the same for every host, so a host's count is made of
     repeated entries of ``gcd(counts)`` workers each (one SSH login per entry).
     """
-    first = plan[0][0]
     each = math.gcd(*(count for _, count in plan))
     entries = [host for host, count in plan for _ in range(count // each)]
     return distributed.SSHCluster(
-        [first, *entries], connect_options=connect, remote_python=python,
-        worker_options={**options, "n_workers": each},
-        scheduler_options=_scheduler_options(listen),
-        silence_logs=logging.WARNING if quiet else False,
+        [plan[0][0], *entries], connect_options=settings.connect,
+        remote_python=settings.python, worker_options={**settings.options, "n_workers": each},
+        scheduler_options=_scheduler_options(settings.listen), silence_logs=settings.silence,
     )  # fmt: skip
 
 
@@ -330,7 +334,7 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _wait_for_workers(cluster: Any, total: int, plan: _hosts.HostList, listen: str | None) -> None:
+def _wait_for_workers(cluster: Any, total: int, plan: _hosts.HostList) -> None:
     try:
         cluster.wait_for_workers(total, timeout=START_TIMEOUT)
     except Exception as exc:
@@ -393,8 +397,8 @@ def _drain_logs(cluster: Any) -> None:
     process's standard output, as SCOOP showed its remote workers' output; their
     logs are logged here at debug level.
     """
-    for process in cluster.workers.values():
-        remote = getattr(process, "proc", None)  # a local Nanny has none: nothing to read
+    for process in [*cluster.workers.values(), cluster.scheduler]:
+        remote = getattr(process, "proc", None)  # a local Nanny or scheduler has none
         host = getattr(process, "address", "?")
         for name, write in (("stdout", _to_stdout), ("stderr", _to_log)):
             stream = getattr(remote, name, None)
