@@ -197,6 +197,13 @@ def test_hosts_that_are_this_machine_run_locally_without_ssh():
     assert (done.returncode, done.stdout) == oracle("map_basic.py"), done.stderr[-2000:]
 
 
+def test_a_job_allocation_is_not_used_from_each_task_of_srun():
+    env = {"SLURM_JOB_NODELIST": "nosuchnode[1-2]", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1"}
+    done = run("-m", "parmap.scoop", "map_basic.py", env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "$SLURM_STEP_ID is set" in done.stderr and "from the batch script" in done.stderr
+
+
 def test_a_backend_chosen_wins_over_the_jobs_allocation():
     env = {"SLURM_JOB_NODELIST": "nosuchnode[1-2]", "PARMAP_BACKEND": "serial"}
     done = run("-m", "parmap.scoop", "map_basic.py", env=env)

@@ -197,6 +197,7 @@ def _cluster_hosts(args: argparse.Namespace, backend: str | None) -> _hosts.Host
         found = _hosts.allocation()
         if found is None:
             return None
+        _check_started_once(found[0])
         log.info("%s job: hosts %s", found[0], found[1])
         listed = found[1]
     plan = _hosts.divide(listed, args.workers)
@@ -204,6 +205,22 @@ def _cluster_hosts(args: argparse.Namespace, backend: str | None) -> _hosts.Host
         args.workers = sum(count for _, count in plan)
         return None  # SCOOP started these workers locally too
     return plan
+
+
+# Set in each task that srun or mpiexec starts (not in a batch script itself).
+_PER_TASK = ("SLURM_STEP_ID", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def _check_started_once(scheduler: str) -> None:
+    """A job's hosts get workers from one launcher: not from each task of srun or mpiexec."""
+    task = next((name for name in _PER_TASK if name in os.environ), None)
+    if task is not None:
+        raise ValueError(
+            f"this runs as one task of a parallel launch (${task} is set), and would start "
+            f"workers on all of the {scheduler} job's hosts from every task: run "
+            f"'python -m parmap.scoop script.py' once, from the batch script itself "
+            f"(not under srun or mpiexec), or choose a backend with --backend"
+        )
 
 
 def _run_here(
