@@ -15,6 +15,7 @@ import contextlib
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -212,7 +213,12 @@ def _wait_listening(sshd: Sshd, deadline: float) -> None:
             time.sleep(0.1)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too
     server = start()
     print(f"sshd on {', '.join(HOSTS)} port {server.port}; client config: {server.ssh_config}")
     print(f"try: python -m parmap.scoop --ssh-config {server.ssh_config} --hosts {' '.join(HOSTS)} "
