@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-GRACE = 20.0
+GRACE = 10.0  # seconds for a graceful close after SIGTERM
 
 
 def _watch_stdin() -> None:
