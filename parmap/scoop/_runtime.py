@@ -214,12 +214,21 @@ class _Task:
 
 
 class MapTask(_Task):
-    """``fn(*args)`` for one item of ``futures.map``."""
+    """``fn(*args, **kwargs)`` for one item of ``futures.map``: the same ``kwargs`` for each."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        handles: dict[str, Shared[Any]],
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(fn, handles)
+        self.kwargs = kwargs or {}
 
     def __call__(self, *args: Any) -> Any:
         if self.constants:
             receive(self.constants)
-        return self.fn(*args)
+        return self.fn(*args, **self.kwargs)
 
 
 class CallTask(_Task):
