@@ -82,6 +82,7 @@ _specs: dict[str, BackendSpec] = {
         BackendSpec("loky", "parmap.backends._loky:LokyBackend", ("loky",), "loky"),
         BackendSpec("ray", "parmap.backends._ray:RayBackend", ("ray",), "ray"),
         BackendSpec("dask", "parmap.backends._dask:DaskBackend", ("dask", "distributed"), "dask"),
+        BackendSpec("mpi", "parmap.backends._mpi:MPIBackend", ("mpi4py",), "mpi"),
     )
 }
 DEFAULTS = ("ray", "loky")  # the default backend: the first of these that is installed
