@@ -168,3 +168,11 @@ def test_facts_outside_a_pool_do_not_import_mpi():
     assert "mpi4py.MPI" not in sys.modules
     with pytest.raises(ValueError, match="item_timeout"):
         parmap.parmap(abs, range(3), backend="mpi", item_timeout=1)
+
+
+def test_an_unmodified_scoop_script_on_the_ranks(census):
+    """SCOOP's launcher of parmap as rank 0's module: the script's futures.map runs on the
+    two worker ranks (scoop.SIZE says 2), not in rank 0."""
+    run = mpiexec(*POOL, "-m", "parmap.scoop", "--backend", "mpi", str(SCRIPTS / "scoop_pids.py"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "size 2, 2 worker pids, here: False"

@@ -1,6 +1,6 @@
 """DEAP's OneMax (``tools.DeltaPenalty``, ``creator`` classes) on serial, then on the
 MPI ranks, in one job: ``mpiexec -n 3 python -m mpi4py.futures onemax_side_by_side.py
-[--pop P --ngen G --cost-ms C --rounds R]``. Prints one JSON line: each run's wall
+[--pop P --ngen G --cost-ms C]``. Prints one JSON line: each run's wall
 time, and whether the MPI runs reproduced serial's logbook and hall of fame."""
 
 from __future__ import annotations
