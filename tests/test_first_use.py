@@ -291,3 +291,25 @@ def _session(sid: int) -> set[int]:
         except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
             continue
     return found
+
+
+def test_a_script_without_the_main_guard_is_told_so(home, tmp_path):
+    """multiprocessing's workers import the main script again as they start (forkserver,
+    spawn): a script that calls parmap when imported gets an error that says so."""
+    script = write_script(
+        tmp_path,
+        """
+        import parmap
+
+        def fitness(x):
+            return x * x
+
+        print(parmap.parmap(fitness, range(100), backend="multiprocessing", workers=2)[:3])
+        """,
+    )
+    done = run(script, home, timeout=120, PARMAP_CALIBRATION="defaults")
+    assert done.returncode != 0
+    assert 'if __name__ == "__main__":' in done.stderr.splitlines()[-1] or any(
+        "WorkerCrashedError" in line and "__main__" in line for line in done.stderr.splitlines()
+    ), done.stderr[-3000:]
+    assert "os._exit()" not in done.stderr and "retries=N" not in done.stderr
