@@ -16,6 +16,7 @@ import pytest
 from conftest import IN_PROCESS
 
 import parmap
+from parmap._registry import backend_class
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,8 +39,9 @@ def hang_at(*bad):
 
 
 def refuses(backend):
-    """Backends that run fn on the caller's own threads cannot stop an item."""
-    return backend in ("serial",)
+    """Backends that cannot stop an item: those that run fn on the caller's own threads,
+    and mpi (a rank cannot be stopped)."""
+    return backend != "auto" and not backend_class(backend).stops_running
 
 
 def test_hanging_items_stand_in_their_places(backend, census):
