@@ -18,6 +18,7 @@ from parmap._errors import (
     WorkerCrashedError,
     WorkerInitializationError,
 )
+from parmap._local import PerWorker, per_worker
 from parmap._registry import available_backends, backend_names, register_backend, shutdown
 from parmap._share import Shared, share
 from parmap.backends._base import Backend
@@ -29,6 +30,7 @@ __all__ = [
     "BackendChoice",
     "BackendNotInstalledError",
     "ParmapError",
+    "PerWorker",
     "SerializationError",
     "Shared",
     "TimeoutError",
@@ -43,6 +45,7 @@ __all__ = [
     "get_backend",
     "imap",
     "parmap",
+    "per_worker",
     "register_backend",
     "share",
     "shutdown",
