@@ -405,17 +405,22 @@ def evolve(
     return history, best, wire
 
 
+def evaluator(settings: Settings, table: NormalisationTable) -> Any:
+    """The mapped function, with its two handles: the table and the rollout worker."""
+    shared = parmap.share(table)  # to each worker once
+    rollout = parmap.per_worker(  # built once in each worker process
+        RolloutWorker, settings.env, settings.hidden, settings.sigma, shared
+    )
+    return functools.partial(evaluate, rollout)
+
+
 def run(settings: Settings, verbose: bool = True) -> dict[str, Any]:
     """Measure the table, evolve; return the history, the best genome and the transfers."""
     started = time.perf_counter()
     table = reference_table(settings.seed, settings.reference, settings.table_size)
     setup_s, started = time.perf_counter() - started, time.perf_counter()
-    shared = parmap.share(table)  # to each worker once
-    rollout = parmap.per_worker(  # built once in each worker process
-        RolloutWorker, settings.env, settings.hidden, settings.sigma, shared
-    )
     census, pickled_before = Census(), NormalisationTable.pickled
-    history, best, wire = evolve(settings, functools.partial(evaluate, rollout), census, verbose)
+    history, best, wire = evolve(settings, evaluator(settings, table), census, verbose)
     wall_s = time.perf_counter() - started
     evaluations = settings.generations * settings.population
     workers = census.summary()
