@@ -451,6 +451,7 @@ def plot(history: list[dict[str, Any]], path: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     generations = [row["generation"] for row in history]
     figure, axes = plt.subplots(figsize=(7, 4))
@@ -458,6 +459,7 @@ def plot(history: list[dict[str, Any]], path: str, title: str) -> None:
         axes.plot(generations, [row[key] for row in history], style, label=key, markersize=3)
     axes.axhline(CartPole.max_steps, color="grey", linewidth=0.8, linestyle=":")
     axes.set(xlabel="generation", ylabel="episode return", title=title, ylim=(0, 520))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
