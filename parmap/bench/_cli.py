@@ -44,7 +44,16 @@ Measure from which per-item cost and item count each parmap backend beats plain
 serial map on this machine, with cold starts, baselines (multiprocessing.Pool.map,
 joblib, naive Ray tasks) and a fitted overhead model. Writes results.json,
 results.csv, models.json, report.md and PNG plots to --out.
+
+With --fn, measure your own function instead, on your own items: every installed
+backend and auto, warm and cold, for a run of --calls calls of --items items (a GA
+of K generations), beside plain map; prints a verdict, writes the report and plots:
+
+  parmap bench --fn examples/onemax.py:fitness \\
+               --items-from examples/onemax.py:population --items 300 --calls 40
 """
+FN_ONLY = ("items_from", "items", "calls", "cold_runs", "cold_budget")
+SWEEP_ONLY = ("quick", "costs", "counts", "workloads", "cell_budget", "calibrate")
 
 
 def _csv_of(parse: Callable[[str], object]) -> Callable[[str], list[object]]:
@@ -113,9 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--out",
         type=Path,
-        default=Path("bench-results"),
         metavar="DIR",
-        help="output folder (default: ./bench-results)",
+        help="output folder (default: ./bench-results; with --fn: ./bench-results/fn-NAME)",
     )
     add("--repeats", type=_positive_int, help="timed warm calls per cell; the median is kept")
     add(
@@ -148,9 +156,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure this machine for backend='auto' (under a minute) and write its\n"
         "calibration file ($PARMAP_CALIBRATION or ~/.cache/parmap/calibration.json)",
     )
+    _add_fn_options(parser)
     add("--no-plots", action="store_true", help="do not draw the PNG plots")
     add("--no-progress", action="store_true", help="no progress bar")
     return parser  # fmt: skip
+
+
+def _add_fn_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "your own function (--fn)",
+        "Cold: each target in a fresh process, all K calls timed (the first one starts the\n"
+        "pool or cluster); warm: in this process, pools running, timed in pairs with map\n"
+        "on the first N, N/3, N/10 ... items. The verdict names the shortest run.",
+    )
+    add = group.add_argument
+    add(
+        "--fn",
+        metavar="SPEC",
+        help="your function: package.module:function or path/to/file.py:function\n"
+        "(a dotted attribute works too: module:toolbox.evaluate); called as fn(item)",
+    )
+    add(
+        "--items-from",
+        "--args-from",
+        dest="items_from",
+        metavar="SOURCE",
+        help="your sample items: module:factory (called once, as factory(N) with --items),\n"
+        "module:NAME (a list), or a .json / .pkl file holding a list",
+    )
+    add(
+        "--items",
+        type=_positive_int,
+        metavar="N",
+        help="items per call: the first N of the source's (default: all of them)",
+    )
+    add(
+        "--calls",
+        type=_positive_int,
+        default=10,
+        metavar="K",
+        help="calls in a run, e.g. generations of a GA (default: 10)",
+    )
+    add(
+        "--cold-runs",
+        type=_positive_int,
+        default=3,
+        metavar="R",
+        help="cold runs per target, fewer once a target spent --cold-budget (default: 3)",
+    )
+    add(
+        "--cold-budget",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="no further cold run of a target once its runs took this long (default: 30)",
+    )
 
 
 def _check_names(
@@ -239,9 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_mode(args, parser, sys.argv[1:] if argv is None else list(argv))
+    if args.fn:
+        return _run_fn(args, parser, argv)
     if args.calibrate:
         return _calibrate(args, parser)
     config = make_config(args, parser)
+    args.out = args.out or Path("bench-results")
     command = "parmap bench " + " ".join(sys.argv[1:] if argv is None else argv)
     print(
         f"parmap bench ({config.mode}): {', '.join(config.targets)}; {config.workers} workers; "
@@ -260,6 +324,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text_summary(result, summary, args.out))
     print(f"(measured in {format_seconds(result.elapsed)}, "
           f"reported in {format_seconds(time.perf_counter() - started)})")  # fmt: skip
+    return 130 if result.interrupted else 0
+
+
+def _check_mode(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    named = {name: "--" + name.replace("_", "-") for name in (*FN_ONLY, *SWEEP_ONLY)}
+    if "--args-from" in given:
+        given.add("--items-from")
+    if args.fn:
+        clash = [named[n] for n in SWEEP_ONLY if named[n] in given]
+        if clash:
+            parser.error(f"{', '.join(clash)}: not with --fn (they set the sweep's grid)")
+        if not args.items_from:
+            parser.error(
+                "--fn needs your sample items: --items-from module:factory (called with N), "
+                "module:NAME (a list) or a .json / .pkl file; none are invented"
+            )
+        return
+    stray = [named[n] for n in FN_ONLY if named[n] in given]
+    if stray:
+        parser.error(f"{', '.join(stray)}: only with --fn (your own function)")
+
+
+def _fn_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    backends = _backends(parser, args.backends)
+    if args.backends is None:
+        backends.append(_registry.AUTO)
+    targets = backends + _baselines(parser, args.baselines or ["none"])
+    targets.sort(key=lambda name: _LAST.get(name, 0) + 10 * (name == _registry.AUTO))
+    return targets
+
+
+def _default_out(spec: str) -> Path:
+    module, _, attribute = spec.rpartition(":")
+    name = f"{Path(module).stem if module.endswith('.py') else module}.{attribute}"
+    return Path("bench-results") / (
+        "fn-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    )
+
+
+def _run_fn(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> int:
+    from parmap.bench._fnreport import fn_text, write_fn_outputs
+    from parmap.bench._loader import SpecError
+    from parmap.bench._report import machine_info
+    from parmap.bench._userfn import FnConfig, load, run_fn
+    from parmap.bench._verdict import verdict
+
+    config = FnConfig(
+        fn_spec=args.fn,
+        items_spec=args.items_from,
+        n_items=args.items,
+        calls=args.calls,
+        targets=_fn_targets(parser, args),
+        workers=args.workers,
+        repeats=args.repeats or 5,
+        cold_runs=args.cold_runs,
+        cold_budget=args.cold_budget,
+    )
+    try:
+        loaded, serial_call = load(config)
+    except SpecError as exc:
+        parser.error(str(exc))
+    out = args.out or _default_out(args.fn)
+    serial_run = format_seconds(serial_call * config.calls)
+    print(
+        f"parmap bench --fn {config.fn_spec}: {len(loaded.items):,} items x {config.calls} "
+        f"calls; {', '.join(config.targets)}; {config.workers} workers; one serial call "
+        f"{format_seconds(serial_call)}, a serial run ~{serial_run}",
+        flush=True,
+    )
+    result = run_fn(config, loaded, serial_call, progress=not args.no_progress)
+    found = verdict(result)
+    command = "parmap bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_fn_outputs(result, found, out, machine_info(), command, plots=not args.no_plots)
+    print(fn_text(result, found, out))
     return 130 if result.interrupted else 0
 
 

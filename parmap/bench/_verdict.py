@@ -1,0 +1,292 @@
+"""The verdict of ``parmap bench --fn``: which backend for this function, N items x K calls.
+
+Pure functions on what :mod:`parmap.bench._userfn` measured::
+
+    per target     warm: median pair speed-up at N items and its range (WarmCell)
+                   cold: start-up = first call - warm call; the run's total of K calls
+    best           the shortest run total, start-up included, among serial map and the
+                   backends and peers (auto is judged apart: it picks one of them);
+                   runs within TIE of it are named as tied
+    break-even     the number of calls from which a target's total stays below serial
+                   map's: measured up to K, then extrapolated with each one's warm call
+    crossover      from how many items per call the best parallel target beats serial
+                   warm (interpolated between ladder counts, as the sweep does)
+    auto           the pick parmap.explain reported before anything started, and how
+                   auto's own measured run compares with the best
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from parmap.bench._coldrun import ColdRun
+from parmap.bench._sweep import format_seconds
+from parmap.bench._userfn import FnResult, WarmCell
+from parmap.bench.analysis import Crossover, crossover
+
+__all__ = ["TIE", "Figures", "Verdict", "breakeven_calls", "verdict"]
+
+TIE = 0.10  # run totals within 10% of the best one are named beside it
+SERIAL = ("map", "serial")  # run in the caller: "serial" in the verdict
+
+
+@dataclass
+class Figures:
+    """Everything measured for one target, and what follows from it."""
+
+    name: str
+    ladder: list[WarmCell] = field(default_factory=list)
+    runs: list[ColdRun] = field(default_factory=list)
+    breakeven: int | None = None
+
+    @property
+    def warm(self) -> WarmCell | None:
+        """The warm cell at N items (the largest count)."""
+        return max(self.ladder, key=lambda c: c.n_items, default=None)
+
+    @property
+    def ran(self) -> bool:
+        """Whether at least one cold run measured something."""
+        return bool(self.runs)
+
+    @property
+    def total(self) -> float:
+        """Median total of the run of K calls, start-up included."""
+        return statistics.median(r.total for r in self.runs)
+
+    @property
+    def total_range(self) -> tuple[float, float]:
+        """Shortest and longest run."""
+        return min(r.total for r in self.runs), max(r.total for r in self.runs)
+
+    @property
+    def startup(self) -> float:
+        """Median start-up (first call minus a warm call)."""
+        return statistics.median(r.startup for r in self.runs)
+
+    @property
+    def startup_range(self) -> tuple[float, float]:
+        """Lowest and highest start-up measured."""
+        return min(r.startup for r in self.runs), max(r.startup for r in self.runs)
+
+    @property
+    def first_call(self) -> float:
+        """Median time to the first result."""
+        return statistics.median(r.times[0] for r in self.runs)
+
+    @property
+    def warm_call(self) -> float:
+        """Median warm call within the cold runs."""
+        return statistics.median(r.warm_call for r in self.runs)
+
+    @property
+    def per_call(self) -> list[float]:
+        """Seconds of each of the K calls, the median over the runs."""
+        columns = zip(*(r.times for r in self.runs), strict=True)
+        return [statistics.median(column) for column in columns]
+
+    @property
+    def crossover(self) -> Crossover:
+        """From how many items per call it beats serial map warm."""
+        return crossover((c.n_items, c.speedup) for c in self.ladder)
+
+
+@dataclass
+class Verdict:
+    """The decision, and the figures behind it.
+
+    Attributes:
+        n_items: items per call (N).
+        calls: calls in the run (K).
+        figures: target -> its figures (``map`` included).
+        best: the target with the shortest run (``map`` when serial wins).
+        tied: other targets within :data:`TIE` of the best.
+        auto_pick: what auto chose for the first call (None when auto was not measured).
+        headline: the one-line verdict.
+        lines: the lines printed under it.
+    """
+
+    n_items: int
+    calls: int
+    figures: dict[str, Figures]
+    best: str
+    tied: list[str]
+    auto_pick: str | None
+    headline: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    def ratio(self, name: str) -> float:
+        """``name``'s run total / serial map's (below 1: faster)."""
+        return self.figures[name].total / self.figures["map"].total
+
+    def winners(self) -> list[str]:
+        """The best and the ones tied with it, serial named once as "serial"."""
+        return list(dict.fromkeys(_shown(n) for n in [self.best, *self.tied]))
+
+    def text(self) -> str:
+        """The verdict as printed."""
+        return "\n".join([self.headline, *self.lines])
+
+
+def breakeven_calls(
+    calls: Sequence[float], reference: Sequence[float], rate: float, reference_rate: float
+) -> int | None:
+    """From how many calls a run's total stays below the reference's.
+
+    Args:
+        calls: seconds of each measured call of the run (start-up in the first).
+        reference: the same for serial map (as many calls).
+        rate: seconds of one more warm call of the run, beyond the measured ones.
+        reference_rate: the same for serial map.
+
+    Returns:
+        The smallest K from which the run is shorter at every larger K, or None
+        when it never is (its warm call is not faster than serial map's).
+    """
+    if rate >= reference_rate:
+        return None
+    gap, last_behind = 0.0, 0
+    for k, (seconds, serial) in enumerate(zip(calls, reference, strict=True), 1):
+        gap += seconds - serial
+        if gap >= 0:
+            last_behind = k
+    if gap < 0:
+        return last_behind + 1
+    return len(calls) + math.floor(gap / (reference_rate - rate)) + 1
+
+
+def verdict(result: FnResult) -> Verdict:
+    """Decide from ``result`` (see the module docstring).
+
+    Args:
+        result: what ``parmap bench --fn`` measured.
+
+    Returns:
+        The :class:`Verdict`; its headline says so when too little was measured.
+    """
+    figures = _figures(result)
+    ran = [n for n, f in figures.items() if f.ran]
+    auto = result.auto.chosen if result.auto else None
+    if "map" not in ran:
+        return Verdict(result.n_items, result.config.calls, figures, "", [], auto,
+                       "no verdict: serial map's cold run failed (see the failures)")  # fmt: skip
+    engines = [n for n in ran if n != "auto"]
+    best = min(engines, key=lambda n: figures[n].total)
+    limit = figures[best].total * (1 + TIE)
+    tied = [n for n in engines if n != best and figures[n].total <= limit]
+    found = Verdict(result.n_items, result.config.calls, figures, best, tied, auto)
+    found.headline = _headline(found)
+    found.lines = _auto_lines(found, result) + _spread_lines(found, result)
+    return found
+
+
+def _figures(result: FnResult) -> dict[str, Figures]:
+    figures = {name: Figures(name) for name in result.names}
+    for cell in result.warm:
+        figures[cell.target].ladder.append(cell)
+    for run in result.cold:
+        if run.ok:
+            figures[run.target].runs.append(run)
+    reference = figures["map"]
+    if reference.ran:
+        for f in figures.values():
+            if f.ran and f.name not in SERIAL:
+                f.breakeven = breakeven_calls(
+                    f.per_call, reference.per_call, f.warm_call, reference.warm_call
+                )
+    return figures
+
+
+def _shown(name: str) -> str:
+    return "serial" if name in SERIAL else name
+
+
+def _headline(v: Verdict) -> str:
+    parts = [f"for {v.n_items:,} items x {v.calls} call{'s' if v.calls > 1 else ''}: "]
+    winners = v.winners()
+    if winners == ["serial"]:
+        parts[0] += "serial (plain map): no backend pays off"
+    else:
+        names = " ≈ ".join(winners)
+        parts[0] += f"{names}, {v.ratio(v.best):.2f}x serial"
+        if v.tied:
+            parts[0] += " (within the noise of each other)"
+    parts += _but_parts(v)
+    parts.append(_crossover_part(v))
+    return "; ".join(p for p in parts if p)
+
+
+def _parallel(v: Verdict) -> list[Figures]:
+    return [f for f in v.figures.values() if f.name not in (*SERIAL, "auto") and f.warm]
+
+
+def _but_parts(v: Verdict) -> list[str]:
+    """Targets that beat serial warm but lose the run to their start-up."""
+    winners = {v.best, *v.tied}
+    losers = [f for f in _parallel(v) if f.name not in winners and f.ran and f.warm]
+    losers = [f for f in losers if f.warm is not None and f.warm.speedup > 1 + TIE / 2]
+    losers.sort(key=lambda f: -f.warm.speedup if f.warm else 0.0)
+    parts = []
+    for f in losers[:2]:
+        assert f.warm is not None
+        text = f"{f.name} {1 / f.warm.speedup:.2f}x warm but +{format_seconds(f.startup)} start-up"
+        if f.breakeven is not None and f.breakeven > v.calls:
+            text += f" (pays off from {f.breakeven:,} calls)"
+        parts.append(text)
+    if not parts and v.winners() == ["serial"]:
+        fastest = max(_parallel(v), key=lambda f: f.warm.speedup if f.warm else 0.0, default=None)
+        if fastest is not None and fastest.warm is not None:
+            parts.append(f"no backend beats it even warm (the fastest, {fastest.name}, "
+                         f"takes {1 / fastest.warm.speedup:.2f}x serial's time)")  # fmt: skip
+    return parts
+
+
+def _crossover_part(v: Verdict) -> str:
+    """Where serial stops winning, for the best parallel target (warm)."""
+    candidates = [f for f in _parallel(v) if f.warm is not None]
+    if not candidates:
+        return ""
+    chosen = v.figures.get(v.best)
+    if chosen is None or chosen not in candidates:
+        chosen = max(candidates, key=lambda f: f.warm.speedup if f.warm else 0.0)
+    c = chosen.crossover
+    if c.kind == "between" and c.at is not None:
+        return f"serial wins below ~{c.at:,.0f} items per call (warm, vs {chosen.name})"
+    if c.kind == "below" and c.at is not None:
+        return f"{chosen.name} wins warm from {c.at:,.0f} items per call (the fewest measured)"
+    if c.kind == "never" and c.at is not None:
+        return f"serial wins warm at every count measured, up to {c.at:,.0f} items"
+    return ""
+
+
+def _auto_lines(v: Verdict, result: FnResult) -> list[str]:
+    if v.auto_pick is None:
+        return []
+    line = f"auto picks {v.auto_pick} for the first call (parmap.explain, nothing running)"
+    auto = v.figures.get("auto")
+    if auto is not None and auto.ran:
+        ratio = auto.total / v.figures[v.best].total
+        line += f"; its run measured {v.ratio('auto'):.2f}x serial, {ratio:.2f}x the best"
+    lines = [line]
+    if _shown(v.auto_pick) not in v.winners():
+        best = _shown(v.best)
+        advice = "" if best == "serial" else f"backend='{best}' or "
+        lines.append(
+            f"auto's pick is not the measured best ({best}): pass {advice}run "
+            "`parmap bench --calibrate` so auto measures this machine"
+        )
+    return lines
+
+
+def _spread_lines(v: Verdict, result: FnResult) -> list[str]:
+    runs = sorted({len(f.runs) for f in v.figures.values() if f.ran})
+    pairs = sorted({len(c.times) for c in result.warm})
+    if not runs:
+        return []
+    text = f"{'-'.join(map(str, [runs[0], runs[-1]][: len(set(runs))]))} cold run(s) per target"
+    if pairs:
+        text += f", {'-'.join(map(str, [pairs[0], pairs[-1]][: len(set(pairs))]))} warm pairs"
+    return [f"measured: {text}; ranges in the table"]
