@@ -221,7 +221,10 @@ def test_tiny_run_writes_every_file(tmp_path, census, capsys):
     ("argv", "message"),
     [
         (["--backends", "nope"], "unknown name 'nope'; valid names are: auto, dask, loky"),
-        (["--baselines", "pool"], "valid names are: mp-pool, joblib-loky, ray-tasks, none"),
+        (
+            ["--baselines", "pool"],
+            "valid names are: mp-pool, joblib-loky, ray-tasks, dask-map, none",
+        ),
         (["--costs", "-5"], "-5 must be a positive number"),
         (["--costs=10,-1"], "-1 must be a positive number"),
         (["--costs", "ten"], "'ten' is not a number"),

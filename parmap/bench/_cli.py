@@ -12,7 +12,7 @@ from typing import Any
 from parmap import _registry
 from parmap.backends._base import default_workers
 from parmap.bench._sweep import WORKLOAD_KINDS, SweepConfig, format_seconds, run_sweep
-from parmap.bench._targets import BASELINES, baseline_installed
+from parmap.bench._targets import BASELINES, DEFAULT_BASELINES, baseline_installed
 
 __all__ = ["build_parser", "main", "make_config"]
 
@@ -37,13 +37,18 @@ FULL: dict[str, Any] = {
     "ray_cap": 2000,
 }
 _FIRST = {"serial": 0, "multiprocessing": 1, "loky": 2}
-_LAST = {"dask": 1, "ray": 2, "ray-tasks": 3}  # threaded engines after the fork-based pools
+_LAST = {
+    "dask": 1,
+    "dask-map": 2,
+    "ray": 3,
+    "ray-tasks": 4,
+}  # threaded engines after the fork-based pools
 
 DESCRIPTION = """\
 Measure from which per-item cost and item count each parmap backend beats plain
 serial map on this machine, with cold starts, baselines (multiprocessing.Pool.map,
-joblib, naive Ray tasks) and a fitted overhead model. Writes results.json,
-results.csv, models.json, report.md and PNG plots to --out.
+joblib, naive Ray tasks, Dask's client.map) and a fitted overhead model. Writes
+results.json, results.csv, models.json, report.md and PNG plots to --out.
 
 With --fn, measure your own function instead, on your own items: every installed
 backend and auto, warm and cold, for a run of --calls calls of --items items (a GA
@@ -109,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--baselines",
         type=_csv_of(str),
         metavar="NAME,...",
-        help="baselines beside them, or 'none' (default: every installed one: "
+        help="baselines (peers) beside them, or 'none': "
         + ", ".join(BASELINES)
-        + ")",
+        + "\n(default: the installed ones of "
+        + ", ".join(DEFAULT_BASELINES)
+        + "; with --fn: none)",
     )
     add(
         "--workers",
@@ -247,7 +254,7 @@ def _loads(name: str) -> bool:
 
 def _baselines(parser: argparse.ArgumentParser, requested: list[str] | None) -> list[str]:
     if requested is None:
-        return [name for name in BASELINES if baseline_installed(name)]
+        return [name for name in DEFAULT_BASELINES if baseline_installed(name)]
     if requested == ["none"]:
         return []
     _check_names(parser, "--baselines", requested, [*BASELINES, "none"])
@@ -299,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    _check_mode(args, parser, sys.argv[1:] if argv is None else list(argv))
+    _check_mode(args, parser)
     if args.fn:
         return _run_fn(args, parser, argv)
     if args.calibrate:
@@ -327,13 +334,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 130 if result.interrupted else 0
 
 
-def _check_mode(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    named = {name: "--" + name.replace("_", "-") for name in (*FN_ONLY, *SWEEP_ONLY)}
-    if "--args-from" in given:
-        given.add("--items-from")
+def _check_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--fn and the sweep's grid options exclude each other; --fn needs its items."""
+
+    def given(names: Sequence[str]) -> list[str]:
+        return [
+            "--" + name.replace("_", "-")
+            for name in names
+            if getattr(args, name) != parser.get_default(name)
+        ]
+
     if args.fn:
-        clash = [named[n] for n in SWEEP_ONLY if named[n] in given]
+        clash = given(SWEEP_ONLY)
         if clash:
             parser.error(f"{', '.join(clash)}: not with --fn (they set the sweep's grid)")
         if not args.items_from:
@@ -342,7 +354,7 @@ def _check_mode(args: argparse.Namespace, parser: argparse.ArgumentParser, argv:
                 "module:NAME (a list) or a .json / .pkl file; none are invented"
             )
         return
-    stray = [named[n] for n in FN_ONLY if named[n] in given]
+    stray = given(FN_ONLY)
     if stray:
         parser.error(f"{', '.join(stray)}: only with --fn (your own function)")
 

@@ -4,11 +4,15 @@
     ------                                   -------------------------------------
     write request.json, items.pkl       ->   import the user's function (its spec)
     start the child (own session,            read the items; no backend is running
-      $PYTHONPATH += the user's folders)     time each of the K calls: the first
-    wait (deadline), read response.json <-     starts the backend (pool, cluster)
+      $PYTHONPATH += the user's folders)     K times: time a call of the target (the
+    wait (deadline), read response.json <-     first starts its pool or cluster), then
+                                               a serial map call on the same items
                                              stop the backend; write response.json
 
-The parent's warm pools do not count: the child starts everything it uses.
+The parent's warm pools do not count: the child starts everything it uses. The
+serial map call after each call of the target is the run's own reference:
+timed in the same minutes, it is slowed by the same bursts of other load, so
+the run's ratio holds on a busy machine where two runs minutes apart would not.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ class ColdRun:
     """A cold run's measured calls (all K of them).
 
     Attributes:
-        target: what ran (``map`` or a backend or peer).
+        target: what ran (a backend or a peer).
         calls: the calls of the run (K).
         times: seconds of each call.
+        serial_times: seconds of the serial map call right after each call.
         results_match: whether the first call returned serial map's results.
         error: why the run failed ('' when it did not).
     """
@@ -54,6 +59,7 @@ class ColdRun:
     target: str
     calls: int
     times: list[float] = field(default_factory=list)
+    serial_times: list[float] = field(default_factory=list)
     results_match: bool = True
     error: str = ""
 
@@ -76,6 +82,11 @@ class ColdRun:
     def total(self) -> float:
         """Seconds of the whole run of K calls, start-up included."""
         return sum(self.times)
+
+    @property
+    def ratio(self) -> float:
+        """The run's time over the serial map calls timed beside it (below 1: faster)."""
+        return self.total / max(sum(self.serial_times), 1e-12)
 
 
 def run_cold(
@@ -152,19 +163,17 @@ def _child(request_file: str) -> int:
     fn = load_function(spec["fn_spec"]).obj
     with open(spec["items"], "rb") as file:
         items, expected = cloudpickle.load(file)
-    target: Target = (
-        MapTarget()
-        if spec["target"] == "map"
-        else make_target(spec["target"], spec["workers"], spec["ray_cap"])
-    )
+    target: Target = make_target(spec["target"], spec["workers"], spec["ray_cap"])
+    reference = MapTarget()
     run = ColdRun(spec["target"], spec["calls"])
     try:
         for call in range(run.calls):
-            start = time.perf_counter()
-            results = target.run(fn, items)
-            run.times.append(time.perf_counter() - start)
-            if call == 0:
-                run.results_match = results == expected
+            for runner, times in ((target, run.times), (reference, run.serial_times)):
+                start = time.perf_counter()
+                results = runner.run(fn, items)
+                times.append(time.perf_counter() - start)
+                if call == 0 and runner is target:
+                    run.results_match = results == expected
     finally:
         target.stop()
     Path(spec["out"]).write_text(json.dumps(asdict(run)))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from parmap.backends._base import default_workers
 from parmap.bench._report import _jsonable, _loads, _table, _text_table
 from parmap.bench._style import label
 from parmap.bench._sweep import format_seconds
@@ -22,7 +23,7 @@ __all__ = ["fn_text", "write_fn_outputs"]
 
 HEADERS = (
     "target", "warm call", "x serial (range)", "start-up", "first result",
-    "run of K calls", "x serial", "pays off from",
+    "run of K calls", "x serial (range)", "pays off from",
 )  # fmt: skip
 
 
@@ -48,7 +49,9 @@ def _row(found: Verdict, f: Figures, serial_call: float) -> list[str]:
     startup = "—" if f.name == "map" else _seconds_range(f, "startup")
     total = _seconds_range(f, "total")
     pays = "—" if f.name in SERIAL else _calls(f.breakeven)
-    ratio = f"{found.ratio(f.name):.2f}"
+    ratio = f"{f.ratio:.2f}"
+    if len(f.runs) > 1 and f.name != "map":
+        ratio += f" ({_range(*f.ratio_range)})"
     return [_name(f.name), *warm_cells, startup, format_seconds(f.first_call), total, ratio, pays]
 
 
@@ -78,6 +81,19 @@ def table_rows(result: FnResult, found: Verdict) -> list[list[str]]:
     return [_row(found, found.figures[name], serial_call) for name in result.names]
 
 
+def caution(result: FnResult) -> str:
+    """A warning when the machine was busy before the run, else ''."""
+    cpus = default_workers()
+    load = result.load_before[0] if result.load_before else 0.0
+    if load <= 0.5 * cpus:
+        return ""
+    return (
+        f"Caution: the machine was busy when the run started (load average {load:.1f} on "
+        f"{cpus} CPUs); ratios are paired with serial calls timed beside them, but the "
+        "ranges are wide: rerun when the machine is quiet."
+    )
+
+
 def fn_text(result: FnResult, found: Verdict, out: Path) -> str:
     """What ``parmap bench --fn`` prints at the end."""
     config = result.config
@@ -94,6 +110,8 @@ def fn_text(result: FnResult, found: Verdict, out: Path) -> str:
         *[f"  {line}" for line in found.lines],
     ]
     lines += [f"note: {note}" for note in result.notes]
+    if caution(result):
+        lines.append(caution(result))
     lines += [f"failed: {f['target']} ({f['stage']}): {f['error'][:200]}" for f in result.failures]
     lines += ["", f"Report: {out / 'report.md'} (raw data: results.json; plots *.png)"]
     return "\n".join(lines)
@@ -171,6 +189,8 @@ def markdown(
     ]
     if result.interrupted:
         parts += ["", "> **Interrupted (Ctrl-C): the tables show only what was measured.**"]
+    if caution(result):
+        parts += ["", f"> **{caution(result)}**"]
     parts += ["", "## Verdict", "", f"**{found.headline}**", ""]
     parts += [f"- {line}" for line in found.lines]
     parts += _table_section(result, found)
@@ -194,8 +214,10 @@ def _table_section(result: FnResult, found: Verdict) -> list[str]:
         "serial map's (below 1 is faster), the median pair and the range over the pairs. "
         "**start-up**, **first result** and the **run**: each target in a fresh process "
         "(cold), the median of its cold runs and their range; start-up = first call minus "
-        "the run's median warm call. **pays off from**: the number of calls from which the run is "
-        "shorter than serial map's for good.",
+        "the run's median warm call; the run's **x serial** is its time over the serial map "
+        "calls timed right after each of its calls in the same process. **pays off from**: "
+        "the number of calls from which the run is shorter than serial map's for good. "
+        "**serial map**: those serial calls, from every run.",
         "",
         _table(HEADERS, table_rows(result, found)),
     ]

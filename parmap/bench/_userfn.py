@@ -2,8 +2,9 @@
 
     load the function and the N items once; serial map over them is the oracle
     ask auto what it would choose for this call (parmap.explain), before anything starts
-    cold, in rounds: each target (map first) in a fresh process, K calls of N items
-        (another round for a target while its cold runs so far took under cold_budget)
+    cold, in rounds: each target in a fresh process, K calls of N items, each followed
+        by a serial map call (another round for a target while its cold runs so far
+        took under cold_budget)
     warm, in this process, each target in turn:
         one warm-up call of N items (pools start, results checked against map's)
         for each item count of the ladder N, N/3, N/10, N/30 ... (at least 2):
@@ -97,6 +98,7 @@ class AutoPick:
     chosen: str
     predictions: dict[str, float]
     text: str
+    calibrated: bool = True
 
 
 @dataclass
@@ -129,7 +131,8 @@ class FnResult:
         data = asdict(self)
         for entry, run in zip(data["cold"], self.cold, strict=True):
             if run.ok:
-                entry.update(total=run.total, startup=run.startup, warm_call=run.warm_call)
+                entry.update(total=run.total, ratio=run.ratio, startup=run.startup,
+                             warm_call=run.warm_call)  # fmt: skip
         for entry, cell in zip(data["warm"], self.warm, strict=True):
             entry.update(speedup=cell.speedup, spread=cell.spread)
         return data
@@ -207,18 +210,24 @@ class _FnBench:
         if "auto" not in self.config.targets:
             return None
         self.bar.set_postfix_str("auto: explain")
-        items = self.loaded.items
-        decision = parmap.explain(self.loaded.fn, items, workers=self.config.workers, file=None)
-        return AutoPick(decision.chosen, dict(decision.predictions), str(decision))
+        fn, items, workers = self.loaded.fn, self.loaded.items, self.config.workers
+        try:
+            decision = parmap.explain(fn, items, workers=workers, file=None)
+        except Exception as exc:  # the runs still tell what auto did
+            self._fail("auto", "explain", f"{type(exc).__name__}: {exc}")
+            return None
+        calibration = getattr(decision, "calibration", None)
+        measured = getattr(calibration, "created", None) is not None  # not built-in defaults
+        return AutoPick(decision.chosen, dict(decision.predictions), str(decision), measured)
 
     # -- cold --------------------------------------------------------------------------
 
     def run_cold(self, folder: Path) -> None:
         items_file = folder / "items.pkl"
         items_file.write_bytes(_dumps((self.loaded.items, self.loaded.expected)))
-        spent = dict.fromkeys(self.result.names, 0.0)
+        spent = dict.fromkeys(self.config.targets, 0.0)
         for round_ in range(self.config.cold_runs):
-            for name in self.result.names:
+            for name in self.config.targets:
                 if round_ and (spent[name] >= self.config.cold_budget or self._failed(name)):
                     self.bar.update(1)
                     continue
@@ -337,8 +346,7 @@ def run_fn(
     from tqdm.auto import tqdm
 
     bench = _FnBench(config, loaded, serial_call)
-    names = bench.result.names
-    total = len(names) * config.cold_runs + len(config.targets) * (1 + len(bench.result.counts))
+    total = len(config.targets) * (config.cold_runs + 1 + len(bench.result.counts))
     bar = tqdm(total=total, desc="parmap bench --fn", unit="step", disable=not progress,
                file=sys.stderr)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="parmap-bench-") as folder, bar as bench.bar:

@@ -4,11 +4,13 @@ Pure functions on what :mod:`parmap.bench._userfn` measured::
 
     per target     warm: median pair speed-up at N items and its range (WarmCell)
                    cold: start-up = first call - warm call; the run's total of K calls
-    best           the shortest run total, start-up included, among serial map and the
-                   backends and peers (auto is judged apart: it picks one of them);
-                   runs within TIE of it are named as tied
-    break-even     the number of calls from which a target's total stays below serial
-                   map's: measured up to K, then extrapolated with each one's warm call
+                   over the serial map calls timed beside them in the same process
+    best           the smallest run ratio, start-up included, among serial map (1.0)
+                   and the backends and peers (auto is judged apart: it picks one of
+                   them); ratios within TIE of it are named as tied
+    break-even     the number of calls from which a target's total stays below the
+                   serial calls beside it: measured up to K, then extrapolated with
+                   the median warm call of each
     crossover      from how many items per call the best parallel target beats serial
                    warm (interpolated between ladder counts, as the sweep does)
     auto           the pick parmap.explain reported before anything started, and how
@@ -35,7 +37,10 @@ SERIAL = ("map", "serial")  # run in the caller: "serial" in the verdict
 
 @dataclass
 class Figures:
-    """Everything measured for one target, and what follows from it."""
+    """Everything measured for one target, and what follows from it.
+
+    ``map``'s figures are made of the serial calls timed beside every target's runs.
+    """
 
     name: str
     ladder: list[WarmCell] = field(default_factory=list)
@@ -63,6 +68,16 @@ class Figures:
         return min(r.total for r in self.runs), max(r.total for r in self.runs)
 
     @property
+    def ratio(self) -> float:
+        """Median over the runs of the run's time / the serial map calls beside it."""
+        return statistics.median(r.ratio for r in self.runs)
+
+    @property
+    def ratio_range(self) -> tuple[float, float]:
+        """Lowest and highest run ratio."""
+        return min(r.ratio for r in self.runs), max(r.ratio for r in self.runs)
+
+    @property
     def startup(self) -> float:
         """Median start-up (first call minus a warm call)."""
         return statistics.median(r.startup for r in self.runs)
@@ -83,15 +98,28 @@ class Figures:
         return statistics.median(r.warm_call for r in self.runs)
 
     @property
+    def serial_call(self) -> float:
+        """Median serial map call beside the runs."""
+        return statistics.median(t for r in self.runs for t in r.serial_times)
+
+    @property
     def per_call(self) -> list[float]:
         """Seconds of each of the K calls, the median over the runs."""
-        columns = zip(*(r.times for r in self.runs), strict=True)
-        return [statistics.median(column) for column in columns]
+        return _columns([r.times for r in self.runs])
+
+    @property
+    def serial_per_call(self) -> list[float]:
+        """Seconds of the serial map call beside each of the K calls, the median over the runs."""
+        return _columns([r.serial_times for r in self.runs])
 
     @property
     def crossover(self) -> Crossover:
         """From how many items per call it beats serial map warm."""
         return crossover((c.n_items, c.speedup) for c in self.ladder)
+
+
+def _columns(series: Sequence[Sequence[float]]) -> list[float]:
+    return [statistics.median(column) for column in zip(*series, strict=True)]
 
 
 @dataclass
@@ -119,8 +147,8 @@ class Verdict:
     lines: list[str] = field(default_factory=list)
 
     def ratio(self, name: str) -> float:
-        """``name``'s run total / serial map's (below 1: faster)."""
-        return self.figures[name].total / self.figures["map"].total
+        """``name``'s run over the serial map calls beside it (below 1: faster)."""
+        return self.figures[name].ratio
 
     def winners(self) -> list[str]:
         """The best and the ones tied with it, serial named once as "serial"."""
@@ -168,15 +196,14 @@ def verdict(result: FnResult) -> Verdict:
         The :class:`Verdict`; its headline says so when too little was measured.
     """
     figures = _figures(result)
-    ran = [n for n, f in figures.items() if f.ran]
     auto = result.auto.chosen if result.auto else None
-    if "map" not in ran:
-        return Verdict(result.n_items, result.config.calls, figures, "", [], auto,
-                       "no verdict: serial map's cold run failed (see the failures)")  # fmt: skip
-    engines = [n for n in ran if n != "auto"]
-    best = min(engines, key=lambda n: figures[n].total)
-    limit = figures[best].total * (1 + TIE)
-    tied = [n for n in engines if n != best and figures[n].total <= limit]
+    engines = [n for n, f in figures.items() if f.ran and n != "auto"]
+    if engines == ["map"] or not figures["map"].ran:
+        return Verdict(result.n_items, result.config.calls, figures, "map", [], auto,
+                       "no verdict: no cold run succeeded (see the failures)")  # fmt: skip
+    best = min(engines, key=lambda n: figures[n].ratio)
+    limit = figures[best].ratio * (1 + TIE)
+    tied = [n for n in engines if n != best and figures[n].ratio <= limit]
     found = Verdict(result.n_items, result.config.calls, figures, best, tied, auto)
     found.headline = _headline(found)
     found.lines = _auto_lines(found, result) + _spread_lines(found, result)
@@ -190,13 +217,13 @@ def _figures(result: FnResult) -> dict[str, Figures]:
     for run in result.cold:
         if run.ok:
             figures[run.target].runs.append(run)
-    reference = figures["map"]
-    if reference.ran:
-        for f in figures.values():
-            if f.ran and f.name not in SERIAL:
-                f.breakeven = breakeven_calls(
-                    f.per_call, reference.per_call, f.warm_call, reference.warm_call
-                )
+            reference = ColdRun("map", run.calls, run.serial_times, run.serial_times)
+            figures["map"].runs.append(reference)
+    for f in figures.values():
+        if f.ran and f.name not in SERIAL:
+            f.breakeven = breakeven_calls(
+                f.per_call, f.serial_per_call, f.warm_call, statistics.median(f.serial_per_call)
+            )
     return figures
 
 
@@ -268,16 +295,16 @@ def _auto_lines(v: Verdict, result: FnResult) -> list[str]:
     line = f"auto picks {v.auto_pick} for the first call (parmap.explain, nothing running)"
     auto = v.figures.get("auto")
     if auto is not None and auto.ran:
-        ratio = auto.total / v.figures[v.best].total
+        ratio = auto.ratio / v.ratio(v.best)
         line += f"; its run measured {v.ratio('auto'):.2f}x serial, {ratio:.2f}x the best"
     lines = [line]
     if _shown(v.auto_pick) not in v.winners():
         best = _shown(v.best)
-        advice = "" if best == "serial" else f"backend='{best}' or "
-        lines.append(
-            f"auto's pick is not the measured best ({best}): pass {advice}run "
-            "`parmap bench --calibrate` so auto measures this machine"
-        )
+        advice = [] if best == "serial" else [f"pass backend='{best}'"]
+        if result.auto is not None and not result.auto.calibrated:
+            advice.append("run `parmap bench --calibrate` (auto used built-in defaults)")
+        line = f"auto's pick is not the measured best ({best})"
+        lines.append(line + (": " + " or ".join(advice) if advice else ""))
     return lines
 
 
