@@ -77,6 +77,24 @@ def test_breakeven_counts_measured_calls_then_extrapolates():
     assert breakeven_calls([0.2], [0.25], 0.3, 0.25) is None  # ahead now, behind in the long run
 
 
+def test_a_runs_ratio_and_its_error_come_from_the_pairs_beside_it():
+    run = ColdRun("loky", 4, [2.0, 1.0, 1.2, 0.8], [1.0, 1.0, 1.0, 1.0])
+    assert run.ratio == pytest.approx(5.0 / 4.0)
+    assert run.startup == pytest.approx(1.0)  # first call - median warm call
+    # warm pairs scatter by +-0.2 around a ratio of 1: sqrt(0.08 * 3/2) over 4 s of serial
+    assert run.ratio_error == pytest.approx((0.08 * 1.5) ** 0.5 / 4.0)
+    assert ColdRun("loky", 2, [2.0, 1.0], [1.0, 1.0]).ratio_error is None
+
+
+def test_runs_whose_intervals_overlap_are_named_together():
+    result = _result(WARM, COLD, auto="loky")
+    noisy = result.cold[1]  # ray: 0.6 s a warm call, give or take 0.5 s
+    noisy.times[:] = [0.7] + [0.6 + (0.5 if k % 2 else -0.5) for k in range(1, noisy.calls)]
+    found = verdict(result)
+    assert found.best == "loky" and "ray" in found.tied
+    assert found.figures["ray"].ratio > 1.1 * found.figures["loky"].ratio  # not by the 10%
+
+
 def test_ladder_goes_down_by_about_three():
     assert ladder(300) == [300, 100, 30, 10, 3]
     assert ladder(8) == [8, 3]

@@ -18,6 +18,7 @@ the run's ratio holds on a busy machine where two runs minutes apart would not.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import statistics
@@ -87,6 +88,23 @@ class ColdRun:
     def ratio(self) -> float:
         """The run's time over the serial map calls timed beside it (below 1: faster)."""
         return self.total / max(sum(self.serial_times), 1e-12)
+
+    @property
+    def ratio_error(self) -> float | None:
+        """The standard error of :attr:`ratio` from the scatter of the warm pairs.
+
+        The ratio estimator's: the warm calls' residuals ``t - r·s`` around the
+        pairs' ratio ``r``, summed, over the run's serial time. The first call
+        (start-up) is one sample with no scatter to measure. None under 3 calls.
+        """
+        pairs = list(zip(self.times[1:], self.serial_times[1:], strict=True))
+        if len(pairs) < 2:
+            return None
+        r = sum(t for t, _ in pairs) / max(sum(s for _, s in pairs), 1e-12)
+        squares = sum((t - r * s) ** 2 for t, s in pairs)
+        return math.sqrt(squares * len(pairs) / (len(pairs) - 1)) / max(
+            sum(self.serial_times), 1e-12
+        )
 
 
 def run_cold(

@@ -17,13 +17,13 @@ from parmap.bench._report import _jsonable, _loads, _table, _text_table
 from parmap.bench._style import label
 from parmap.bench._sweep import format_seconds
 from parmap.bench._userfn import FnResult
-from parmap.bench._verdict import SERIAL, Figures, Verdict
+from parmap.bench._verdict import SERIAL, Z95, Figures, Verdict
 
 __all__ = ["fn_text", "write_fn_outputs"]
 
 HEADERS = (
     "target", "warm call", "x serial (range)", "start-up", "first result",
-    "run of K calls", "x serial (range)", "pays off from",
+    "run of K calls", "x serial ±95% (range)", "pays off from",
 )  # fmt: skip
 
 
@@ -50,6 +50,8 @@ def _row(found: Verdict, f: Figures, serial_call: float) -> list[str]:
     total = _seconds_range(f, "total")
     pays = "—" if f.name in SERIAL else _calls(f.breakeven)
     ratio = f"{f.ratio:.2f}"
+    if f.name != "map" and f.ratio_error is not None:
+        ratio += f" ±{Z95 * f.ratio_error:.2f}"
     if len(f.runs) > 1 and f.name != "map":
         ratio += f" ({_range(*f.ratio_range)})"
     return [_name(f.name), *warm_cells, startup, format_seconds(f.first_call), total, ratio, pays]
@@ -215,8 +217,10 @@ def _table_section(result: FnResult, found: Verdict) -> list[str]:
         "**start-up**, **first result** and the **run**: each target in a fresh process "
         "(cold), the median of its cold runs and their range; start-up = first call minus "
         "the run's median warm call; the run's **x serial** is its time over the serial map "
-        "calls timed right after each of its calls in the same process. **pays off from**: "
-        "the number of calls from which the run is shorter than serial map's for good. "
+        "calls timed right after each of its calls in the same process, ± the 95% interval "
+        "from the scatter of those pairs (the warm calls), then the range over the runs. "
+        "**pays off from**: the number of calls from which the run is shorter than serial "
+        "map's for good. "
         "**serial map**: those serial calls, from every run.",
         "",
         _table(HEADERS, table_rows(result, found)),

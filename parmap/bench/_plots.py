@@ -29,6 +29,7 @@ The user's function (``parmap bench --fn``):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -520,21 +521,27 @@ def fn_speedup(plt: Any, result: FnResult, found: Verdict) -> Any:
 
 
 def fn_cold_start(plt: Any, result: FnResult, found: Verdict) -> Any:
-    """The run's total wall time vs calls: measured up to K, extrapolated beyond."""
-    figures = [f for f in found.figures.values() if f.ran]
-    if "map" not in found.figures or not found.figures["map"].ran:
+    """The run's total wall time vs calls, on one serial scale: measured up to K, then
+    extrapolated."""
+    figures = [f for f in found.figures.values() if f.ran and f.name != "map"]
+    if not figures or not found.reference_call:
         return None
     finite = [f.breakeven for f in figures if f.breakeven is not None]
     calls = max(result.config.calls, 10, 3 * max(finite, default=0))
-    lines = []
+    reference = found.reference_call
+    lines = [ColdLine("map", [reference * k for k in range(1, calls + 1)], calls, None)]
     for f in figures:
-        per_call = f.per_call + [f.warm_call] * (calls - len(f.per_call))
-        totals = [sum(per_call[:k]) for k in range(1, calls + 1)]
-        measured = min(len(r.times) for r in f.runs)
-        lines.append(ColdLine(f.name, totals, measured, f.breakeven))
+        scaled = f.scaled_per_call
+        per_call = scaled + [f.warm_call * f.scale] * (calls - len(scaled))
+        totals = list(itertools.accumulate(per_call))
+        lines.append(ColdLine(f.name, totals, len(scaled), f.breakeven))
     title = (
-        f"{result.config.fn_spec}: a run of calls over {result.n_items:,} items, "
+        f"{result.config.fn_spec}: runs of calls over {result.n_items:,} items, "
         "each target started cold in a fresh process"
     )
-    note = "solid: measured (median of the cold runs); dotted: + the run's median warm call"
+    note = (
+        "solid: measured (median of the cold runs); dotted: + its median warm call\n"
+        f"each run scaled to a serial map call of {format_seconds(reference)} by the serial "
+        "calls timed beside it, so runs made at different moments compare"
+    )
     return _cold_figure(plt, lines, result.config.calls, title, note)

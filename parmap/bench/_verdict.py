@@ -7,10 +7,14 @@ Pure functions on what :mod:`parmap.bench._userfn` measured::
                    over the serial map calls timed beside them in the same process
     best           the smallest run ratio, start-up included, among serial map (1.0)
                    and the backends and peers (auto is judged apart: it picks one of
-                   them); ratios within TIE of it are named as tied
-    break-even     the number of calls from which a target's total stays below the
-                   serial calls beside it: measured up to K, then extrapolated with
-                   the median warm call of each
+                   them); ratios within TIE of it, or whose 95% interval (from the
+                   scatter of the runs' warm pairs) overlaps its, are named as tied
+    on one scale   each run's calls times (the reference serial call / the mean serial
+                   call beside that run): runs made minutes apart, under other load,
+                   then compare; a scaled run's total over K reference calls is its ratio
+    break-even     the number of calls from which a target's scaled total stays below
+                   K reference calls: measured up to K, then extrapolated with its
+                   median warm call
     crossover      from how many items per call the best parallel target beats serial
                    warm (interpolated between ladder counts, as the sweep does)
     auto           the pick parmap.explain reported before anything started, and how
@@ -31,7 +35,8 @@ from parmap.bench.analysis import Crossover, crossover
 
 __all__ = ["TIE", "Figures", "Verdict", "breakeven_calls", "verdict"]
 
-TIE = 0.10  # run totals within 10% of the best one are named beside it
+TIE = 0.10  # run ratios within 10% of the best one are named beside it
+Z95 = 1.96  # ... and those whose 95% interval overlaps the best one's
 SERIAL = ("map", "serial")  # run in the caller: "serial" in the verdict
 
 
@@ -46,6 +51,7 @@ class Figures:
     ladder: list[WarmCell] = field(default_factory=list)
     runs: list[ColdRun] = field(default_factory=list)
     breakeven: int | None = None
+    scale: float = 1.0
 
     @property
     def warm(self) -> WarmCell | None:
@@ -71,6 +77,15 @@ class Figures:
     def ratio(self) -> float:
         """Median over the runs of the run's time / the serial map calls beside it."""
         return statistics.median(r.ratio for r in self.runs)
+
+    @property
+    def ratio_error(self) -> float | None:
+        """The standard error of :attr:`ratio` (the runs' own, over the square root of
+        their number); None when no run had warm calls to measure it."""
+        errors = [e for e in (r.ratio_error for r in self.runs) if e is not None]
+        if not errors:
+            return None
+        return statistics.median(errors) / math.sqrt(len(errors))
 
     @property
     def ratio_range(self) -> tuple[float, float]:
@@ -113,6 +128,11 @@ class Figures:
         return _columns([r.serial_times for r in self.runs])
 
     @property
+    def scaled_per_call(self) -> list[float]:
+        """:attr:`per_call` on the common scale (see the module docstring)."""
+        return [t * self.scale for t in self.per_call]
+
+    @property
     def crossover(self) -> Crossover:
         """From how many items per call it beats serial map warm."""
         return crossover((c.n_items, c.speedup) for c in self.ladder)
@@ -133,6 +153,7 @@ class Verdict:
         best: the target with the shortest run (``map`` when serial wins).
         tied: other targets within :data:`TIE` of the best.
         auto_pick: what auto chose for the first call (None when auto was not measured).
+        reference_call: the mean serial map call beside all runs (the common scale).
         headline: the one-line verdict.
         lines: the lines printed under it.
     """
@@ -143,6 +164,7 @@ class Verdict:
     best: str
     tied: list[str]
     auto_pick: str | None
+    reference_call: float = 0.0
     headline: str = ""
     lines: list[str] = field(default_factory=list)
 
@@ -195,22 +217,31 @@ def verdict(result: FnResult) -> Verdict:
     Returns:
         The :class:`Verdict`; its headline says so when too little was measured.
     """
-    figures = _figures(result)
+    figures, reference = _figures(result)
     auto = result.auto.chosen if result.auto else None
     engines = [n for n, f in figures.items() if f.ran and n != "auto"]
     if engines == ["map"] or not figures["map"].ran:
-        return Verdict(result.n_items, result.config.calls, figures, "map", [], auto,
+        return Verdict(result.n_items, result.config.calls, figures, "map", [], auto, reference,
                        "no verdict: no cold run succeeded (see the failures)")  # fmt: skip
     best = min(engines, key=lambda n: figures[n].ratio)
-    limit = figures[best].ratio * (1 + TIE)
-    tied = [n for n in engines if n != best and figures[n].ratio <= limit]
-    found = Verdict(result.n_items, result.config.calls, figures, best, tied, auto)
+    tied = [n for n in engines if n != best and _close(figures[n], figures[best])]
+    found = Verdict(result.n_items, result.config.calls, figures, best, tied, auto, reference)
     found.headline = _headline(found)
     found.lines = _auto_lines(found, result) + _spread_lines(found, result)
     return found
 
 
-def _figures(result: FnResult) -> dict[str, Figures]:
+def _close(f: Figures, best: Figures) -> bool:
+    """Within TIE of the best, or within the noise: their 95% intervals overlap."""
+    if f.ratio <= best.ratio * (1 + TIE):
+        return True
+    if f.ratio_error is None:
+        return False
+    return f.ratio - Z95 * f.ratio_error <= best.ratio + Z95 * (best.ratio_error or 0.0)
+
+
+def _figures(result: FnResult) -> tuple[dict[str, Figures], float]:
+    """Each target's figures, and the reference serial call they are scaled to."""
     figures = {name: Figures(name) for name in result.names}
     for cell in result.warm:
         figures[cell.target].ladder.append(cell)
@@ -219,12 +250,18 @@ def _figures(result: FnResult) -> dict[str, Figures]:
             figures[run.target].runs.append(run)
             reference = ColdRun("map", run.calls, run.serial_times, run.serial_times)
             figures["map"].runs.append(reference)
+    serial = [t for r in figures["map"].runs for t in r.times]
+    if not serial:
+        return figures, 0.0
+    call = statistics.fmean(serial)
     for f in figures.values():
-        if f.ran and f.name not in SERIAL:
-            f.breakeven = breakeven_calls(
-                f.per_call, f.serial_per_call, f.warm_call, statistics.median(f.serial_per_call)
-            )
-    return figures
+        if f.ran and f.name != "map":
+            f.scale = call / statistics.fmean(t for r in f.runs for t in r.serial_times)
+            if f.name not in SERIAL:
+                f.breakeven = breakeven_calls(
+                    f.scaled_per_call, [call] * len(f.per_call), f.warm_call * f.scale, call
+                )
+    return figures, call
 
 
 def _shown(name: str) -> str:
@@ -309,11 +346,15 @@ def _auto_lines(v: Verdict, result: FnResult) -> list[str]:
 
 
 def _spread_lines(v: Verdict, result: FnResult) -> list[str]:
-    runs = sorted({len(f.runs) for f in v.figures.values() if f.ran})
-    pairs = sorted({len(c.times) for c in result.warm})
+    runs = sorted(len(f.runs) for f in v.figures.values() if f.ran and f.name != "map")
+    pairs = sorted(len(c.times) for c in result.warm)
     if not runs:
         return []
-    text = f"{'-'.join(map(str, [runs[0], runs[-1]][: len(set(runs))]))} cold run(s) per target"
+    text = f"{_span(runs)} cold run(s) per target"
     if pairs:
-        text += f", {'-'.join(map(str, [pairs[0], pairs[-1]][: len(set(pairs))]))} warm pairs"
+        text += f", {_span(pairs)} warm pairs per item count"
     return [f"measured: {text}; ranges in the table"]
+
+
+def _span(values: Sequence[int]) -> str:
+    return str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
