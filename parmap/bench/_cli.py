@@ -382,7 +382,7 @@ def _run_fn(
     from parmap.bench._fnreport import fn_text, write_fn_outputs
     from parmap.bench._loader import SpecError
     from parmap.bench._report import machine_info
-    from parmap.bench._userfn import FnConfig, load, run_fn
+    from parmap.bench._userfn import FnConfig, estimate, load, run_fn
     from parmap.bench._verdict import verdict
 
     config = FnConfig(
@@ -402,10 +402,12 @@ def _run_fn(
         parser.error(str(exc))
     out = args.out or _default_out(args.fn)
     serial_run = format_seconds(serial_call * config.calls)
+    minutes = estimate(config, serial_call, len(loaded.items)) / 60
     print(
         f"parmap bench --fn {config.fn_spec}: {len(loaded.items):,} items x {config.calls} "
         f"calls; {', '.join(config.targets)}; {config.workers} workers; one serial call "
-        f"{format_seconds(serial_call)}, a serial run ~{serial_run}",
+        f"{format_seconds(serial_call)}, a serial run ~{serial_run}; this takes roughly "
+        f"{minutes:.0f} minute{'s' if round(minutes) != 1 else ''} (fewer --calls: less)",
         flush=True,
     )
     result = run_fn(config, loaded, serial_call, progress=not args.no_progress)

@@ -137,7 +137,9 @@ def run_cold(
         if not error and response_file.exists():
             return ColdRun(**json.loads(response_file.read_text()))
         why = error or "the child wrote no result"
-        return ColdRun(request.target, request.calls, error=f"{why}; its stderr ends with:\n{tail}")
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        message = f"{why}: {last.strip()}\nits stderr ends with:\n{tail}"
+        return ColdRun(request.target, request.calls, error=message)
 
 
 def _wait(command: list[str], env: dict[str, str], stderr: Any, timeout: float) -> str:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import statistics
@@ -36,7 +37,7 @@ from parmap.bench._loader import load_function, load_items, worker_path
 from parmap.bench._sweep import _distinct, _load
 from parmap.bench._targets import MapTarget, Target, make_target
 
-__all__ = ["AutoPick", "FnConfig", "FnResult", "WarmCell", "ladder", "run_fn"]
+__all__ = ["AutoPick", "FnConfig", "FnResult", "WarmCell", "estimate", "ladder", "run_fn"]
 
 
 @dataclass
@@ -149,6 +150,20 @@ def ladder(n_items: int) -> list[int]:
             if not counts or count < counts[-1]:
                 counts.append(count)
     return counts
+
+
+def estimate(config: FnConfig, serial_call: float, n_items: int) -> float:
+    """Roughly how many seconds the whole measurement takes (for the user, up front).
+
+    A cold run costs about two serial runs (the target's calls and the serial calls
+    beside them) plus a few seconds of start-up; the warm pairs about two serial
+    calls per pair over the ladder.
+    """
+    run = 2 * config.calls * serial_call + 5.0
+    runs = max(1, min(config.cold_runs, math.ceil(config.cold_budget / run)))
+    ladder_share = sum(ladder(n_items)) / n_items
+    warm = 2 * config.repeats * ladder_share * serial_call + 3.0
+    return len(config.targets) * (runs * run + warm)
 
 
 @dataclass
