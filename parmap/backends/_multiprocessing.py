@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
-from collections.abc import Collection
+import sys
 from typing import Any
 
 from parmap._worker import prepare_pool_worker
@@ -26,6 +26,7 @@ class MultiprocessingBackend(ProcessPoolBackend):
     """Process pool from the standard library, with a configurable start method."""
 
     name = "multiprocessing"
+    option_names = ("start_method",)
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         super().__init__(workers, **options)
@@ -37,10 +38,6 @@ class MultiprocessingBackend(ProcessPoolBackend):
             )
         self.start_method = method
 
-    @classmethod
-    def option_names(cls) -> Collection[str]:
-        return ("start_method",)
-
     def _new_executor(self) -> cf.Executor:
         return cf.ProcessPoolExecutor(
             max_workers=self.workers,
@@ -48,6 +45,10 @@ class MultiprocessingBackend(ProcessPoolBackend):
             initializer=prepare_pool_worker,
             initargs=(os.getpid(),),
         )
+
+    def _reruns_main(self) -> bool:
+        main = sys.modules.get("__main__")
+        return self.start_method != "fork" and getattr(main, "__file__", None) is not None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "start_method": self.start_method}

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import parmap
-from parmap import _worker
+from parmap.backends import on_worker
 from parmap.scoop import _runtime
 from parmap.scoop._runtime import Future
 
@@ -64,14 +64,16 @@ def map(func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> I
     Args:
         func: any callable; functions of the ``__main__`` script travel by value.
         *iterables: one or more iterables.
-        **kwargs: ``timeout``: seconds for the whole map (parmap's ``timeout=``).
+        **kwargs: ``timeout``: seconds for the whole map (parmap's ``timeout=``);
+            any other keyword goes to every call of ``func``
+            (``futures.map(f, xs, depth=2)`` calls ``f(x, depth=2)``).
 
     Returns:
         An iterator over ``func``'s results.
 
     Raises:
         Exception: what ``func`` raised (with its own type), while iterating.
-        TypeError: no iterable, or an unknown keyword.
+        TypeError: no iterable.
     """
     return _imap(func, iterables, kwargs, ordered=True)
 
@@ -102,10 +104,8 @@ def _imap(
     *,
     ordered: bool,
 ) -> Iterator[Any]:
-    unknown = set(kwargs) - {"timeout"}
-    if unknown:
-        raise TypeError(f"futures.map() got unexpected keyword argument(s) {sorted(unknown)}")
-    task = _runtime.MapTask(func, _runtime.constants())
+    extra = {key: value for key, value in kwargs.items() if key != "timeout"}
+    task = _runtime.MapTask(func, _runtime.constants(), extra)
     with _runtime.call_config():
         return parmap.imap(task, *iterables, ordered=ordered, timeout=kwargs.get("timeout"))
 
@@ -191,7 +191,7 @@ def mapReduce(
         mapFunc: applied to each item, as in :func:`map`.
         reductionFunc: combines two results into one.
         *iterables: the items.
-        **kwargs: ``timeout`` for the map, as in :func:`map`.
+        **kwargs: ``timeout`` for the map and keywords for ``mapFunc``, as in :func:`map`.
 
     Returns:
         The single reduced value (the mapped value itself for one item).
@@ -222,7 +222,7 @@ def mapScan(
         mapFunc: applied to each item, as in :func:`map`.
         reductionFunc: combines two results into one.
         *iterables: the items.
-        **kwargs: ``timeout`` for the map, as in :func:`map`.
+        **kwargs: ``timeout`` for the map and keywords for ``mapFunc``, as in :func:`map`.
 
     Returns:
         SCOOP's list of reduced values; its last entry is the full reduction.
@@ -275,5 +275,5 @@ def shutdown(wait: bool = True) -> None:
         wait: wait for submitted futures first (and stop the workers).
     """
     _runtime.submitter.shutdown(wait)
-    if wait and not _worker.in_worker:
+    if wait and not on_worker():
         parmap.shutdown()
