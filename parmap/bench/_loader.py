@@ -27,7 +27,6 @@ import json
 import os
 import pickle
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -185,9 +184,3 @@ def worker_path(paths: list[str], environ: dict[str, str] | None = None) -> str:
     current = (environ if environ is not None else os.environ).get("PYTHONPATH", "")
     parts = [*paths, *(p for p in current.split(os.pathsep) if p)]
     return os.pathsep.join(dict.fromkeys(parts))
-
-
-def describe(fn: Callable[..., Any]) -> str:
-    """A short name of ``fn`` for reports."""
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return name or type(fn).__name__
