@@ -107,7 +107,23 @@ def _imap(
     extra = {key: value for key, value in kwargs.items() if key != "timeout"}
     task = _runtime.MapTask(func, _runtime.constants(), extra)
     with _runtime.call_config():
-        return parmap.imap(task, *iterables, ordered=ordered, timeout=kwargs.get("timeout"))
+        stream = parmap.imap(task, *iterables, ordered=ordered, timeout=kwargs.get("timeout"),
+                             return_exceptions=True)  # fmt: skip
+    return _as_futures(stream)
+
+
+def _as_futures(stream: Iterator[Any]) -> Iterator[Any]:
+    """The results of a map read like SCOOP's futures: each result up to a failed item,
+    whose exception is raised there (the rest of the map is cancelled)."""
+    try:
+        for value in stream:
+            if isinstance(value, BaseException):
+                raise value
+            yield value.value if type(value) is _runtime.Returned else value
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def submit(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
