@@ -11,7 +11,12 @@ One decision::
                       cluster_env is set, e.g. $RAY_ADDRESS) or already attached
                       in this process, when there are such
     prediction        serial: n * c; a backend: its overhead model (parmap._model)
-                      + its start-up time unless it is already running
+                      + its start-up time unless it is already running, less what
+                      staying serial on earlier calls of the function has already
+                      cost: a loop of calls too short each to repay a pool's start-up
+                      (a GA of many quick generations) starts it once staying serial
+                      has cost as much as starting would (the ski-rental rule: never
+                      more than twice the best choice made knowing the future)
     choice            the smallest prediction; serial unless a backend is predicted
                       SERIAL_MARGIN (1.1x) faster: a model's error near the crossover
                       should cost little, not a needless parallel call
@@ -43,7 +48,7 @@ from parmap._config import getenv
 from parmap._costs import costs, on_forget
 from parmap.backends._base import default_workers
 
-__all__ = ["Decision", "decide", "learn", "plan", "stays_serial"]
+__all__ = ["Decision", "candidates", "commit", "decide", "learn", "plan", "stays_serial"]
 
 log = logging.getLogger("parmap")
 
@@ -69,6 +74,7 @@ class Decision:
     chosen: str
     calibration: Calibration | None
     probe: list[Any] = field(default_factory=list, repr=False)
+    missed: dict[str, float] = field(default_factory=dict, repr=False)  # see commit()
 
     def __str__(self) -> str:
         n = f"{self.n_items + len(self.probe):,}" + ("" if self.n_exact else "+")
@@ -201,11 +207,14 @@ def decide(
         model = _model(calibration, name, workers)
         if model is None:
             continue
+        if not stops and model.fixed >= serial_seconds:
+            continue  # cannot win even warm: skip the batch simulation
+        warm = model.predict(n_items, cost) * _corrections.get((fn_name, name), 1.0)
         startup = 0.0 if _running(name) else calibration.startup.get(name, 0.0)
-        if not stops and startup + model.fixed >= serial_seconds:
-            continue  # cannot win: skip the batch simulation
-        correction = _corrections.get((fn_name, name), 1.0)
-        predictions[name] = model.predict(n_items, cost) * correction + startup
+        if startup and warm * SERIAL_MARGIN < serial_seconds:  # it would win, once started
+            decision.missed[name] = serial_seconds - warm
+            startup = max(0.0, startup - _missed.get((fn_name, name), 0.0))
+        predictions[name] = warm + startup
         decision.startup[name] = startup
     best = min((n for n in predictions if n != "serial"), key=predictions.__getitem__, default="")
     if stops:
@@ -225,6 +234,16 @@ def decide(
     return decision
 
 
+def commit(decision: Decision) -> None:
+    """A call runs as decided: what staying serial costs it, against each backend that
+    would win once started, counts towards that backend's start-up (see the module doc)."""
+    if decision.chosen != "serial":
+        return
+    for name, seconds in decision.missed.items():
+        key = (decision.fn, name)
+        _bounded(_missed)[key] = _missed.get(key, 0.0) + seconds
+
+
 def _explore(fn_name: str, name: str, decision: Decision) -> bool:
     """Whether to try, this once, a warm backend predicted close to serial.
 
@@ -241,6 +260,7 @@ def _explore(fn_name: str, name: str, decision: Decision) -> bool:
 
 
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
+_missed: dict[tuple[str, str], float] = {}  # (fn, backend) -> seconds serial cost beyond it
 _first_calls: set[tuple[str, str]] = set()
 _explored: dict[tuple[str, str], int] = {}
 _FEEDBACK_ENTRIES = 4096
@@ -256,7 +276,7 @@ def _bounded(table: Any) -> Any:
 
 def forget(fn_name: str) -> None:
     """Drop the feedback about a function (a callable object that died)."""
-    for table in (_corrections, _explored):
+    for table in (_corrections, _explored, _missed):
         for key in [key for key in list(table) if key[0] == fn_name]:
             table.pop(key, None)
     for key in [key for key in list(_first_calls) if key[0] == fn_name]:

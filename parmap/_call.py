@@ -303,6 +303,7 @@ class Call:
             name, self.items, self.total, settings.choice.workers, probe, settings.explicit,
             stops=guarded,
         )  # fmt: skip
+        _auto.commit(decision)
         self.decision, self.sequence = decision, None
         self.settings = replace(settings, choice=replace(settings.choice, name=decision.chosen))
 
