@@ -69,12 +69,15 @@ class BackendSpec:
         target: ``"module:Class"`` or the class itself.
         requires: top-level modules that must be importable.
         extra: the pip extra that installs them, for the error message.
+        provider: the distribution whose entry point registered it (None: parmap
+            itself, or a register_backend() call).
     """
 
     name: str
     target: Any
     requires: tuple[str, ...] = ()
     extra: str | None = None
+    provider: str | None = None
 
 
 _specs: dict[str, BackendSpec] = {
@@ -85,6 +88,7 @@ _specs: dict[str, BackendSpec] = {
         BackendSpec("loky", "parmap.backends._loky:LokyBackend", ("loky",), "loky"),
         BackendSpec("ray", "parmap.backends._ray:RayBackend", ("ray",), "ray"),
         BackendSpec("dask", "parmap.backends._dask:DaskBackend", ("dask", "distributed"), "dask"),
+        BackendSpec("mpi", "parmap.backends._mpi:MPIBackend", ("mpi4py",), "mpi"),
     )
 }
 DEFAULTS = ("ray", "loky")  # the default backend: the first of these that is installed
@@ -135,7 +139,8 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        _specs.setdefault(ep.name, BackendSpec(ep.name, ep.value))
+        provider = ep.dist.name if ep.dist is not None else None
+        _specs.setdefault(ep.name, BackendSpec(ep.name, ep.value, provider=provider))
 
 
 def backend_names() -> list[str]:
@@ -161,8 +166,14 @@ def _importable(module: str) -> bool:
 
 
 def available_backends() -> list[str]:
-    """The known backends whose packages are installed (``"auto"`` is a choice, not one)."""
-    return [name for name in backend_names() if name != AUTO and is_installed(name)]
+    """The backends that can run here: their packages installed, and usable in this process
+    (see :meth:`parmap.backends.Backend.usable`; ``"auto"`` is a choice, not one)."""
+    return list(installed_classes())
+
+
+def unusable_reason(name: str) -> str | None:
+    """Why installed backend ``name`` cannot run in this process, or None."""
+    return backend_class(name).usable()
 
 
 def default_backend() -> str:
@@ -244,14 +255,20 @@ def backend_class(name: str, *, source: str = "argument") -> type[Backend]:
 
 
 def installed_classes() -> dict[str, type[Backend]]:
-    """Every installed backend's class, by name (a backend that fails to import is left
-    out, with a warning): what ``auto``, calibration and ``parmap info`` look at."""
+    """The class of every backend that can run here, by name: installed, importable (one
+    that fails to import is left out, with a warning) and usable in this process. What
+    ``auto``, calibration and the benchmarks look at."""
     found = {}
-    for name in available_backends():
+    for name in backend_names():
+        if name == AUTO or not is_installed(name):
+            continue
         try:
-            found[name] = backend_class(name)
+            cls = backend_class(name)
         except Exception as exc:
             log.warning("parmap: backend %r cannot be loaded: %s", name, exc)
+            continue
+        if cls.usable() is None:
+            found[name] = cls
     return found
 
 
