@@ -108,6 +108,22 @@ def raylet():
     return next(p.pid for p in psutil.Process().children(recursive=True) if p.name() == "raylet")
 
 
+@needs("ray")
+def test_embedded_ray_outlives_the_thread_that_started_it(census):
+    """Ray's raylet and GCS die with the thread that started them (PR_SET_PDEATHSIG):
+    a caller's short-lived thread must not take the instance down with it."""
+    parmap.shutdown()
+    started = threading.Thread(target=parmap.parmap, args=(abs, range(4)),
+                               kwargs={"backend": "ray", "workers": 1})  # fmt: skip
+    started.start()
+    started.join(120)
+    first = raylet()
+    time.sleep(2.0)  # the thread has ended
+    assert psutil.pid_exists(first) and psutil.Process(first).status() != "zombie"
+    assert parmap.parmap(abs, range(-3, 3), backend="ray", workers=1) == [3, 2, 1, 0, 1, 2]
+    assert raylet() == first, "the instance was started again"
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

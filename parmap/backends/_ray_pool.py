@@ -68,6 +68,7 @@ log = logging.getLogger("parmap")
 
 _WAIT_SLICE = 0.25  # seconds: the longest a Ctrl-C can go unnoticed
 _HEALTH_EVERY = 1.0  # seconds between looks at the embedded instance's processes
+_VITAL = ("raylet", "gcs_server")  # the embedded instance's processes a call needs
 _KILL_WAIT = 10.0  # seconds to wait for killed actors to be gone
 _BUNDLE_CACHE_SIZE = 8
 _NODES_REFRESH = 10.0  # seconds between looks at a cluster's nodes
@@ -97,6 +98,7 @@ class _Runtime:
         self.address: str | None = None
         self.reaper: subprocess.Popen[bytes] | None = None
         self.processes: set[_ray_reaper.Process] = set()  # the embedded instance's own
+        self.vital: set[_ray_reaper.Process] = set()  # those it cannot work without
         self.users: set[RayPool] = set()
         self.broken = False
 
@@ -126,6 +128,9 @@ class _Runtime:
             self.where, self.address = f"the Ray cluster at {address}", address
         else:
             self.reaper, self.processes = _ray_local.start(cpus)
+            # The raylet and the GCS: without them no task runs. Ray's helpers (the
+            # dashboard, the autoscaler's monitor, the log monitor) may end on their own.
+            self.vital = {p for p in self.processes if _ray_reaper.name(p) in _VITAL}
             self.owned, self.where = True, "an embedded local Ray instance"
         self.broken = False
 
@@ -146,11 +151,11 @@ class _Runtime:
             with contextlib.suppress(Exception):
                 ray.shutdown()
         _ray_local.stop_reaper(self.reaper)
-        self.reaper, self.processes = None, set()
+        self.reaper, self.processes, self.vital = None, set(), set()
 
     def check(self) -> None:
         """Raise :class:`RuntimeLost` if the embedded instance's own processes died."""
-        if self.owned and self.processes and not all(map(_ray_reaper.alive, self.processes)):
+        if self.owned and self.vital and not all(map(_ray_reaper.alive, self.vital)):
             if not self.broken:
                 runtimes_started[0] += 1  # its shared values' ObjectRefs are void
             self.broken = True
