@@ -45,9 +45,6 @@ CORE_SUITES = [
 ]
 FLOOR_SUITES = ["tests/test_contract.py", "tests/test_faults.py"]
 LINTED = ["parmap", "tests", "examples", "benchmarks", "noxfile.py", ".ci"]
-REPORTED = ["ray", "dask", "distributed", "loky", "cloudpickle", "deap", "numpy", "tqdm"]
-REPORTED += ["scoop", "psutil", "matplotlib", "joblib", "pytest", "pytest-timeout"]
-
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.download_python = "never"  # interpreters come from this machine, never a download
 nox.options.sessions = ["lint", "tests-3.11"]
@@ -86,19 +83,7 @@ _find_pyenv_pythons()
 
 def _report_versions(session: nox.Session) -> None:
     """Print the interpreter and the engine versions this session tests."""
-    code = (
-        "import platform, sys\n"
-        "from importlib.metadata import version, PackageNotFoundError\n"
-        "def v(name):\n"
-        "    try:\n"
-        "        return version(name)\n"
-        "    except PackageNotFoundError:\n"
-        "        return '-'\n"
-        f"names = {REPORTED!r}\n"
-        "print('tested with: python ' + platform.python_version() + ', '"
-        " + ', '.join(n + ' ' + v(n) for n in names))\n"
-    )
-    session.run("python", "-c", code, silent=False)
+    session.run("python", str(ROOT / ".ci" / "versions.py"))
 
 
 def _install(session: nox.Session, *args: str) -> None:

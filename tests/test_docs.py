@@ -7,8 +7,9 @@ The examples are read from the Markdown when the tests run. The rules:
   and this interpreter's ``bin`` first on PATH (``python``, ``parmap``, ``dask`` are the
   ones of the environment under test, activated or not).
 - ```python: the block is saved to a file and run as ``python FILE``, as a user pastes
-  it into a script. If its first line is a comment naming a file (``# pi.py``), the
-  file gets that name, and later blocks of the page may use it. It must exit with 0.
+  it into a script; it must exit with 0. If its first line is a comment naming a file
+  (``# pi.py``), it is saved under that name and not run by itself: a later block of
+  the page runs it (``python pi.py``), as the page tells the reader to.
 - ```bash: each line that is not blank or a comment is a command (a trailing ``\\``
   joins the next line), run with ``bash -c``; each must exit with 0.
 - ```console: a line starting with ``$ `` is a command; the lines after it, up to the
@@ -127,9 +128,8 @@ def marked(mark: str) -> list[psutil.Process]:
     return found
 
 
-def run(command: list[str], workdir: Path, where: str) -> str:
-    """Run one command of a block; return its stdout. Fails on an error, a timeout or a
-    process left behind."""
+def run(command: list[str], workdir: Path, where: str) -> subprocess.CompletedProcess[str]:
+    """Run one command of a block. Fails on an error, a timeout or a process left behind."""
     mark = uuid.uuid4().hex
     try:
         done = subprocess.run(
@@ -156,23 +156,30 @@ def run(command: list[str], workdir: Path, where: str) -> str:
         f"{where}: {command[-1]!r} exited with {done.returncode}\n"
         f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-5000:]}"
     )
-    return done.stdout
+    return done
+
+
+def file_name(text: str) -> str | None:
+    """The file a python block names on its first line (``# pi.py``), if any."""
+    named = NAMED.match(text.splitlines()[0]) if text.strip() else None
+    return named["name"] if named else None
 
 
 def run_python(text: str, workdir: Path, where: str, index: int) -> None:
-    first = text.splitlines()[0] if text.strip() else ""
-    named = NAMED.match(first)
-    script = workdir / (named["name"] if named else f"block{index}.py")
-    script.write_text(text)
-    run([sys.executable, script.name], workdir, where)
+    name = file_name(text)
+    (workdir / (name or f"block{index}.py")).write_text(text)
+    if name is None:
+        run([sys.executable, f"block{index}.py"], workdir, where)
 
 
 def run_console(text: str, workdir: Path, where: str) -> None:
     for command, shown in console_commands(text):
-        printed = [
-            line.rstrip() for line in run(["bash", "-c", command], workdir, where).splitlines()
-        ]
-        assert printed == shown, f"{where}: {command!r} printed {printed}, the page shows {shown}"
+        done = run(["bash", "-c", command], workdir, where)
+        printed = [line.rstrip() for line in done.stdout.splitlines()]
+        assert printed == shown, (
+            f"{where}: {command!r} printed {printed}, the page shows {shown}\n"
+            f"--- stderr\n{done.stderr[-3000:]}"
+        )
 
 
 def runnable(page: Path) -> list[tuple[Block, str]]:
@@ -205,7 +212,8 @@ def test_examples_run_as_pasted(page, tmp_path, census):
 
 
 def test_markers_are_well_formed():
-    """A skip says why; a marker stands before a block it applies to; no stray markers."""
+    """A skip says why; a marker stands before a block it applies to; no stray markers;
+    a file a block is saved as is run by a later block."""
     for page in PAGES:
         blocks = read_blocks(page)
         for block in blocks:
@@ -218,6 +226,12 @@ def test_markers_are_well_formed():
                 assert earlier, f"{block.where()}: continues no earlier python block"
             else:
                 assert not block.marker, f"{block.where()}: unknown marker {block.marker!r}"
+        for block, text in runnable(page):
+            name = file_name(text) if block.lang == "python" else None
+            later = [t for b, t in runnable(page) if b.line > block.line]
+            assert name is None or any(name in t for t in later), (
+                f"{block.where()}: saved as {name}, which no later block runs"
+            )
         used = sum(1 for b in blocks if b.marker)
         written = len(re.findall(r"<!--\s*docs-test:", page.read_text(encoding="utf-8")))
         assert used == written, f"{page.name}: a docs-test marker is not just before a block"
@@ -241,7 +255,7 @@ def test_the_rules_read_markdown_as_documented(tmp_path):
     todo = runnable(page)
     assert [(b.line, text) for b, text in todo] == [
         (13, "# a.py\nx = 1\nprint(x)\n"),
-        (16, "$ echo hi\nhi\n$ true\n"),
+        (18, "$ echo hi\nhi\n$ true\n"),
     ]
     assert console_commands(todo[1][1]) == [("echo hi", ["hi"]), ("true", [])]
     assert bash_commands("# c\nA=1 \\\n  python x.py\n\nls\n") == ["A=1    python x.py", "ls"]
