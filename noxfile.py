@@ -2,10 +2,11 @@
 
     nox -l                       list the sessions
     nox -s tests-3.12            the whole suite on Python 3.12 (tests-3.10 ... tests-3.13)
-    nox -s core-3.13             the contract, fault, DEAP and SCOOP suites on Python 3.13,
-                                 with the newest engine versions an install picks today
+    nox -s core-3.13             the contract, fault, DEAP, SCOOP and compatibility suites on
+                                 Python 3.13, with the newest engine versions an install picks
     nox -s floors                the oldest versions pyproject.toml allows, on the oldest Python
-                                 that has wheels for all of them: contract and fault suites
+                                 that has wheels for all of them: contract, fault and
+                                 compatibility suites
     nox -s lint                  ruff, ruff format --check, mypy (and lint-imports if configured)
     nox -s readme                the README's two set-up commands, verbatim, in a fresh venv
                                  and a fresh HOME (.ci/readme.py)
@@ -42,8 +43,9 @@ CORE_SUITES = [
     "tests/test_faults.py",
     "tests/test_deap.py",
     "tests/test_scoop.py",
+    "tests/test_compat.py",
 ]
-FLOOR_SUITES = ["tests/test_contract.py", "tests/test_faults.py"]
+FLOOR_SUITES = ["tests/test_contract.py", "tests/test_faults.py", "tests/test_compat.py"]
 LINTED = ["parmap", "tests", "examples", "benchmarks", "noxfile.py", ".ci"]
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.download_python = "never"  # interpreters come from this machine, never a download
