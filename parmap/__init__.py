@@ -7,7 +7,7 @@ See the README for the backends, their selection and the guarantees.
 """
 
 from parmap._api import imap, parmap, starmap
-from parmap._auto import explain
+from parmap._call import explain
 from parmap._config import BackendChoice, config, get_backend
 from parmap._errors import (
     BackendNotInstalledError,

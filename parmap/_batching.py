@@ -29,101 +29,19 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
+from parmap._costs import costs
 from parmap._errors import add_note
 
-__all__ = ["Batcher", "CostMemory", "costs", "read_items"]
+__all__ = ["Batcher", "read_items"]
 
 OVERHEAD_FACTOR = 20.0  # a stream's batches: overhead <= 5% of their time
 TAIL_FACTOR = 8.0  # the guided rounds end where a batch would last less than this x overhead
 MAX_BATCH_SECONDS = 1.0
 PROBE_SIZE = 4
 STREAM_BATCH_ITEMS = 50_000  # a cheap function over a generator: ~1-2 MB per batch
-_SMOOTHING = 0.3
-
-
-@dataclass(slots=True)
-class _Estimate:
-    seconds_per_item: float
-    samples: int
-
-
-class CostMemory:
-    """Per-item costs learned on workers, kept across calls (LRU, thread-safe)."""
-
-    def __init__(self, capacity: int = 512) -> None:
-        self._capacity = capacity
-        self._by_key: OrderedDict[str, _Estimate] = OrderedDict()
-        self._lock = threading.Lock()
-        self._sampled = 0
-        self.version = 0  # changes with every update: answers derived from costs stay valid
-
-    def get(self, *keys: str | None) -> float | None:
-        """The remembered cost for the first of ``keys`` that is known."""
-        with self._lock:
-            for key in keys:
-                if key is not None and key in self._by_key:
-                    self._by_key.move_to_end(key)
-                    return self._by_key[key].seconds_per_item
-        return None
-
-    def peek(self, key: str) -> float | None:
-        """The remembered cost for ``key``, read without the lock or an LRU refresh
-        (auto's in-place path reads it on every call, a fraction of a microsecond)."""
-        estimate = self._by_key.get(key)
-        return None if estimate is None else estimate.seconds_per_item
-
-    def sample(self, key: str, items: int, seconds: float) -> None:
-        """Fold in an in-place call's timing when the function got more than twice as
-        costly (``auto`` may then go parallel), and on every 8th call otherwise: a
-        locked update costs more than the rest of a small call's overhead, and a
-        function that got cheaper stays serial anyway."""
-        self._sampled += 1
-        known = self._by_key.get(key)
-        if known is None or self._sampled % 8 == 0 or seconds > 2 * known.seconds_per_item * items:
-            self.observe((key,), items, seconds)
-
-    def observe(self, keys: tuple[str | None, ...], items: int, seconds: float) -> float:
-        """Fold one batch's timing into every key; return the updated estimate."""
-        sample = max(seconds, 1e-9) / max(items, 1)
-        estimate = sample
-        with self._lock:
-            self.version += 1
-            by_key = self._by_key
-            for key in keys:
-                if key is None:
-                    continue
-                old = by_key.get(key)
-                if old is None:
-                    by_key[key] = _Estimate(sample, 1)
-                    if len(by_key) > self._capacity:
-                        by_key.popitem(last=False)
-                    estimate = sample
-                    continue
-                weight = max(_SMOOTHING, 1.0 / (old.samples + 1))
-                old.seconds_per_item += weight * (sample - old.seconds_per_item)
-                old.samples += 1
-                by_key.move_to_end(key)
-                estimate = old.seconds_per_item
-        return estimate
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self.version += 1
-            self._by_key.pop(key, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.version += 1
-            self._by_key.clear()
-
-
-costs = CostMemory()
 
 
 class Batcher:

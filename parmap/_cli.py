@@ -9,19 +9,11 @@ import platform
 import sys
 from collections.abc import Sequence
 
-from parmap import _config, _registry
+from parmap import _calibration, _config, _registry
 from parmap._errors import ParmapError
 from parmap.backends._base import default_workers
 
 __all__ = ["main"]
-
-_PACKAGES = {
-    "serial": (),
-    "multiprocessing": (),
-    "loky": ("loky",),
-    "ray": ("ray",),
-    "dask": ("dask", "distributed"),
-}
 
 
 def _version(distribution: str) -> str | None:
@@ -29,6 +21,15 @@ def _version(distribution: str) -> str | None:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _state(name: str) -> str:
+    """Whether backend ``name`` is installed, with its packages' versions, or how to install it."""
+    entry = _registry.spec(name)
+    if not _registry.is_installed(name):
+        return f"not installed: pip install 'parmap-backends[{entry.extra or name}]'"
+    versions = ", ".join(f"{p} {_version(p) or '?'}" for p in entry.requires)
+    return f"installed ({versions or 'no extra package'})"
 
 
 def info(out: object = None) -> str:
@@ -44,21 +45,15 @@ def info(out: object = None) -> str:
         "backends:",
     ]
     for name in _registry.backend_names():
-        packages = _PACKAGES.get(name, ())
-        if _registry.is_installed(name):
-            versions = ", ".join(f"{p} {_version(p)}" for p in packages) or "standard library"
-            state = f"installed ({versions})"
-        else:
-            state = f"not installed: pip install 'parmap-backends[{(packages or (name,))[0]}]'"
-        lines.append(f"  {name:<16} {state}")
+        if name == _registry.AUTO:
+            continue
+        lines.append(f"  {name:<16} {_state(name)}")
     lines.append("")
     try:
         lines.append("a call now would use " + str(_config.get_backend()))
     except ParmapError as exc:
         lines.append(f"a call now would fail: {exc}")
-    from parmap._auto import load_calibration
-
-    calibration = load_calibration(default_workers(), calibrate=False)
+    calibration = _calibration.load(default_workers(), calibrate=False)
     lines.append(f"backend='auto' calibration: {calibration.describe()}")
     for backend in _registry.live_backends():
         lines.append(f"live: {backend.name} {backend.describe()}")

@@ -5,7 +5,7 @@ Each setting is taken from the first place that has it::
     parmap(..., backend="loky")          explicit argument
     with parmap.config(backend="loky"):  innermost config() context (contextvars: per thread/task)
     PARMAP_BACKEND=loky                  environment, read at call time
-    default                              ray when installed, else loky
+    default                              the first installed of _registry.DEFAULTS
 """
 
 from __future__ import annotations
@@ -132,11 +132,7 @@ class BackendChoice:
         if self.source == "nested":
             reason = f"backend {self.name!r}: a nested call on a worker runs in place"
         elif self.source == "default":
-            why = (
-                "ray is installed"
-                if self.name == "ray"
-                else "ray is not installed (pip install 'parmap-backends[ray]')"
-            )
+            why = _registry.default_reason(self.name)
             reason = f"backend {self.name!r}: the default, because {why}"
         else:
             reason = f"backend {self.name!r}: chosen by {_where(self.source, 'backend')}"

@@ -1,20 +1,34 @@
 """Backend names, lazy loading, and the live backend instances.
 
-A backend is named by a string and imported only when a call first uses it, so
-``import parmap`` imports none of ray, dask, distributed or loky. Third-party
+A backend is named by a string and imported only when first needed, so
+``import parmap`` imports none of the engines. The table below is the one
+place that names the built-in ones; everything else the core knows about a
+backend it reads from its class (:class:`parmap.backends.Backend`). Third-party
 backends register with :func:`register_backend` or an entry point in the
-``parmap.backends`` group (``name = "package.module:BackendClass"``).
+``parmap.backends`` group (``name = "package.module:BackendClass"``), and are
+then chosen, calibrated and described like the built-in ones.
+
+Live instances are kept per name and options, and leased to calls::
+
+    lease(name, options)    the instance for these options, started on first use;
+                            a call holds it until it ends
+    another option set      a new instance; the old one is shut down once no
+                            call holds it (a thread still using it is never cut off)
+    shutdown()              at parmap.shutdown() or interpreter exit
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import difflib
 import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +38,16 @@ if TYPE_CHECKING:
     from parmap.backends._base import Backend
 
 __all__ = [
+    "AUTO",
     "BackendSpec",
-    "acquire",
     "available_backends",
+    "backend_class",
     "backend_names",
     "check_name",
     "default_backend",
+    "installed_classes",
     "is_installed",
+    "lease",
     "live_backends",
     "register_backend",
     "shutdown",
@@ -67,11 +84,11 @@ _specs: dict[str, BackendSpec] = {
         BackendSpec("dask", "parmap.backends._dask:DaskBackend", ("dask", "distributed"), "dask"),
     )
 }
+DEFAULTS = ("ray", "loky")  # the default backend: the first of these that is installed
 AUTO = "auto"  # not an engine: parmap._auto picks serial or one of the backends per call
 _specs[AUTO] = BackendSpec(AUTO, None)
 _entry_points_loaded = False
 _lock = threading.RLock()
-_live: dict[str, tuple[tuple[Any, ...], Backend]] = {}
 
 
 def register_backend(
@@ -98,6 +115,15 @@ def register_backend(
         if name in _specs and not replace:
             raise ValueError(f"a parmap backend named {name!r} exists; pass replace=True")
         _specs[name] = BackendSpec(name, target, tuple(requires), extra)
+        _classes.pop(name, None)
+
+
+def unregister_backend(name: str) -> None:
+    """Forget a backend registered with :func:`register_backend` (shutting it down)."""
+    shutdown(name)
+    with _lock:
+        _specs.pop(name, None)
+        _classes.pop(name, None)
 
 
 def _load_entry_points() -> None:
@@ -116,10 +142,14 @@ def backend_names() -> list[str]:
         return sorted(_specs)
 
 
+def spec(name: str) -> BackendSpec:
+    """The registry entry of ``name`` (see :func:`check_name` for the errors)."""
+    return _spec(name, source="argument")
+
+
 def is_installed(name: str) -> bool:
     """Whether the packages backend ``name`` needs can be imported (without importing them)."""
-    spec = _spec(name, source="argument")
-    return all(_importable(module) for module in spec.requires)
+    return all(_importable(module) for module in _spec(name, source="argument").requires)
 
 
 @functools.cache
@@ -133,8 +163,17 @@ def available_backends() -> list[str]:
 
 
 def default_backend() -> str:
-    """``"ray"`` when Ray is installed, else ``"loky"``."""
-    return "ray" if is_installed("ray") else "loky"
+    """The first installed backend of :data:`DEFAULTS`."""
+    return next((name for name in DEFAULTS if is_installed(name)), DEFAULTS[-1])
+
+
+def default_reason(name: str) -> str:
+    """Why ``name`` is the default, for :class:`parmap.BackendChoice`."""
+    skipped = [other for other in DEFAULTS[: DEFAULTS.index(name)]] if name in DEFAULTS else []
+    if not skipped:
+        return f"{name} is installed"
+    hints = ", ".join(f"pip install 'parmap-backends[{_specs[s].extra or s}]'" for s in skipped)
+    return f"{' and '.join(skipped)} is not installed ({hints})"
 
 
 def check_name(name: Any, *, source: str) -> None:
@@ -143,21 +182,32 @@ def check_name(name: Any, *, source: str) -> None:
 
 
 def _spec(name: Any, *, source: str) -> BackendSpec:
-    spec = _specs.get(name) if isinstance(name, str) else None  # the common case: no lock
-    if spec is None:
+    found = _specs.get(name) if isinstance(name, str) else None  # the common case: no lock
+    if found is None:
         with _lock:
             _load_entry_points()
-            spec = _specs.get(name) if isinstance(name, str) else None
-    if spec is None:
-        origin = {
-            "environment": f" (from $PARMAP_BACKEND={name!r})",
-            "config": " (from parmap.config())",
-        }.get(source, "")
-        raise UnknownBackendError(
-            f"unknown parmap backend {name!r}{origin}; valid names are: "
-            f"{', '.join(backend_names())}"
-        )
-    return spec
+            found = _specs.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise UnknownBackendError(_unknown(name, source))
+    return found
+
+
+def _unknown(name: Any, source: str) -> str:
+    origin = {
+        "environment": f" (from $PARMAP_BACKEND={name!r})",
+        "config": " (from parmap.config())",
+    }.get(source, "")
+    names = backend_names()
+    hint = ""
+    if isinstance(name, str):
+        lowered = {known.lower(): known for known in names}
+        close = difflib.get_close_matches(name.strip().lower(), list(lowered), n=1, cutoff=0.6)
+        if close:
+            hint = f" (did you mean {lowered[close[0]]!r}?)"
+    return f"unknown parmap backend {name!r}{origin}{hint}; valid names are: {', '.join(names)}"
+
+
+_classes: dict[str, type[Backend]] = {}
 
 
 def backend_class(name: str, *, source: str = "argument") -> type[Backend]:
@@ -167,58 +217,144 @@ def backend_class(name: str, *, source: str = "argument") -> type[Backend]:
         UnknownBackendError: ``name`` is not known.
         BackendNotInstalledError: a package the backend needs is missing.
     """
-    spec = _spec(name, source=source)
-    missing = [m for m in spec.requires if not _importable(m)]
+    cls = _classes.get(name)
+    if cls is not None:
+        return cls
+    entry = _spec(name, source=source)
+    missing = [m for m in entry.requires if not _importable(m)]
     if missing:
-        extra = spec.extra or missing[0]
+        extra = entry.extra or missing[0]
+        verb = "is" if len(missing) == 1 else "are"
         raise BackendNotInstalledError(
-            f"parmap backend {name!r} needs {', '.join(missing)}, which is not installed; "
-            f"install it with: pip install 'parmap-backends[{extra}]'"
+            f"parmap backend {name!r} needs {' and '.join(missing)}, which {verb} not "
+            f"installed; install with: pip install 'parmap-backends[{extra}]'"
         )
-    if spec.target is None:
+    if entry.target is None:
         raise TypeError(f"{name!r} chooses a backend per call; it has no backend class")
-    if not isinstance(spec.target, str):
-        return spec.target
-    module_name, _, attr = spec.target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    if isinstance(entry.target, str):
+        module_name, _, attr = entry.target.partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+    else:
+        cls = entry.target
+    _classes[name] = cls
+    return cls
 
 
-def acquire(name: str, options: dict[str, Any], *, source: str = "argument") -> Backend:
-    """The live backend instance for ``name`` with these options, started on first use.
+def installed_classes() -> dict[str, type[Backend]]:
+    """Every installed backend's class, by name (a backend that fails to import is left
+    out, with a warning): what ``auto``, calibration and ``parmap info`` look at."""
+    found = {}
+    for name in available_backends():
+        try:
+            found[name] = backend_class(name)
+        except Exception as exc:
+            log.warning("parmap: backend %r cannot be loaded: %s", name, exc)
+    return found
 
-    One instance per name is kept (pools persist across calls); asking for the
-    same name with different options shuts the old instance down first.
+
+# -- live instances -----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Live:
+    backend: Backend
+    key: tuple[Any, ...]
+    leases: int = 0
+    retired: bool = False  # superseded by another option set: shut down when unleased
+
+
+_live: dict[str, list[_Live]] = {}  # name -> instances, the newest last
+
+
+@contextlib.contextmanager
+def lease(name: str, options: dict[str, Any], *, source: str = "argument") -> Iterator[Backend]:
+    """The live instance of backend ``name`` for these options, held for one call.
+
+    Started on first use and reused by later calls with the same options. A call
+    with other options gets its own instance; the older one is shut down as soon
+    as no call holds it, so threads with different options never stop each
+    other's backend.
+
+    Raises:
+        UnknownBackendError, BackendNotInstalledError: see :func:`backend_class`.
     """
+    entry = _acquire(name, options, source)
+    try:
+        yield entry.backend
+    finally:
+        _release(entry)
+
+
+def _acquire(name: str, options: dict[str, Any], source: str) -> _Live:
     key = tuple(sorted((k, v) for k, v in options.items() if v is not None))
     with _lock:
-        live = _live.get(name)
-        if live is not None and live[0] == key:
-            return live[1]
+        instances = _live.setdefault(name, [])
+        for entry in reversed(instances):
+            if entry.key == key and not entry.retired:
+                entry.leases += 1
+                return entry
         cls = backend_class(name, source=source)
-        if live is not None:
-            log.debug("parmap: restarting backend %r with options %s", name, dict(key))
-            _live.pop(name)[1].shutdown()
-        backend = cls(**dict(key))
-        _live[name] = (key, backend)
-        return backend
+        entry = _Live(cls(**dict(key)), key, leases=1)
+        doomed = _retire(instances)
+        instances.append(entry)
+    _stop(doomed)
+    return entry
+
+
+def _retire(instances: list[_Live]) -> list[_Live]:
+    """Mark the current instances superseded; return those no call holds (lock held)."""
+    doomed = []
+    for entry in instances:
+        entry.retired = True
+        if entry.leases == 0:
+            doomed.append(entry)
+    for entry in doomed:
+        instances.remove(entry)
+    return doomed
+
+
+def _release(entry: _Live) -> None:
+    with _lock:
+        entry.leases -= 1
+        doomed = entry.retired and entry.leases == 0
+        if doomed:
+            instances = _live.get(entry.backend.name, [])
+            if entry in instances:
+                instances.remove(entry)
+    if doomed:
+        log.debug("parmap: stopping backend %r with options %s", entry.backend.name, entry.key)
+        _stop([entry])
+
+
+def _stop(entries: list[_Live]) -> None:
+    for entry in entries:
+        try:
+            entry.backend.shutdown()
+        except Exception:  # pragma: no cover - best effort
+            log.warning("parmap: error while shutting down %s", entry.backend.name, exc_info=True)
+
+
+def running(name: str) -> bool:
+    """Whether an instance of backend ``name`` is live (its workers are, or were, started)."""
+    return bool(_live.get(name))
 
 
 def live_backends() -> list[Backend]:
     """The backend instances started so far and not shut down."""
     with _lock:
-        return [backend for _, backend in _live.values()]
+        return [entry.backend for instances in _live.values() for entry in instances]
 
 
 def shutdown(name: str | None = None) -> None:
-    """Stop the workers of one live backend (by name) or of all of them."""
+    """Stop the workers of one live backend (by name) or of all of them.
+
+    Instances a call is using right now are stopped too: that call then fails
+    with :class:`parmap.WorkerCrashedError`, as for any lost worker.
+    """
     with _lock:
         names = [name] if name is not None else list(_live)
-        doomed = [_live.pop(n)[1] for n in names if n in _live]
-    for backend in doomed:
-        try:
-            backend.shutdown()
-        except Exception:  # pragma: no cover - best effort at exit
-            log.warning("parmap: error while shutting down %s", backend.name, exc_info=True)
+        doomed = [entry for n in names for entry in _live.pop(n, [])]
+    _stop(doomed)
 
 
 atexit.register(shutdown)

@@ -1,9 +1,9 @@
 """What runs on a worker: one batch of items through the user's function.
 
-Every backend ends up calling :func:`run_batch` (remote workers, bytes in and
-bytes out) or :func:`execute` (serial, objects in place). Both return an
-:class:`Outcome`; the caller's side turns an error record back into the user's
-exception (see ``_api``).
+Every backend ends up calling :func:`run_batch` (workers in other processes,
+bytes in and bytes out) or :func:`run_local` (serial and threads: live objects
+in the caller's process). Both produce an :class:`Outcome`; the caller's side
+turns an error record back into the user's exception (``parmap._failures``).
 
 Per worker process, three small caches make repeated calls cheap:
 
@@ -16,6 +16,7 @@ Per worker process, three small caches make repeated calls cheap:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -23,13 +24,27 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from parmap._serialization import dumps, loads, loads_function
 
-__all__ = ["CallSpec", "ErrorRecord", "Outcome", "execute", "holds", "run_batch", "run_items"]
+__all__ = [
+    "INLINE_SPEC_BYTES",
+    "CallSpec",
+    "ErrorRecord",
+    "Outcome",
+    "holds",
+    "on_worker",
+    "prepare_pool_worker",
+    "run_batch",
+    "run_items",
+    "run_local",
+    "running_here",
+]
+
+INLINE_SPEC_BYTES = 64 * 1024  # a function this small rides along with every batch
 
 _FUNCTION_CACHE_SIZE = 16
 _functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
@@ -37,14 +52,35 @@ _initialized: set[str] = set()
 _init_lock = threading.RLock()  # reentrant: an initializer may call parmap itself
 shared_values: dict[str, Any] = {}
 in_worker = False  # True in a process that has run a batch for a remote caller
+_thread = threading.local()  # .running: this thread runs a batch of a caller in this process
+
+
+def on_worker() -> bool:
+    """Whether this code runs on a parmap worker: a process that ran a batch for a caller
+    (a pool process, a Ray actor, a Dask worker) or a thread running a batch right now
+    (the threads backend). A nested call made there runs in place."""
+    return in_worker or getattr(_thread, "running", False)
+
+
+@contextlib.contextmanager
+def running_here() -> Iterator[None]:
+    """Mark the current thread as a worker while it runs a batch in the caller's process."""
+    previous = getattr(_thread, "running", False)
+    _thread.running = True
+    try:
+        yield
+    finally:
+        _thread.running = previous
 
 
 @dataclass(frozen=True)
 class CallSpec:
     """What a worker needs to run batches of one call; serialized once per call.
 
-    ``fn`` and ``initializer`` are either live objects (serial backend) or
-    cloudpickle blobs (every other backend); ``*_token`` are content digests.
+    ``fn`` and ``initializer`` are either live objects (backends that do not
+    serialize) or cloudpickle blobs (the others); ``*_token`` are content
+    digests, so a worker that already holds a function need not receive it
+    again (see :meth:`light` and :func:`holds`).
     """
 
     fn_token: str
@@ -52,6 +88,17 @@ class CallSpec:
     star: bool
     init_token: str | None = None
     initializer: Any = None
+
+    @property
+    def inline(self) -> bool:
+        """Whether the blobs are small enough to ride along with every batch
+        (copying a few KiB costs less than any round trip to fetch them)."""
+        size = len(self.fn or b"") + len(self.initializer or b"")
+        return size <= INLINE_SPEC_BYTES
+
+    def light(self) -> CallSpec:
+        """This spec without its blobs: for a worker that :func:`holds` them."""
+        return CallSpec(self.fn_token, None, self.star, self.init_token, None)
 
 
 @dataclass
@@ -88,6 +135,14 @@ class Outcome:
     error: ErrorRecord | None = None
 
 
+def run_local(spec: CallSpec, items: Sequence[Any]) -> Outcome:
+    """Run one batch on live objects in this process (``spec.fn`` is the function itself).
+
+    The entry point of backends that do not serialize (serial, threads).
+    """
+    return execute(spec, spec.fn, items)
+
+
 def execute(spec: CallSpec, fn: Callable[..., Any], items: Sequence[Any]) -> Outcome:
     """Run ``fn`` over ``items`` in this process, stopping at the first error."""
     started = time.perf_counter()
@@ -115,15 +170,24 @@ def run_items(
     results: list[Any] = []
     try:  # list.extend keeps what was appended before an exception: len() is the position
         results.extend(itertools.starmap(fn, items) if star else map(fn, items))
-    except BaseException as exc:  # SystemExit too: fn's exit is reported, the worker lives
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        return results, ErrorRecord.capture("item", len(results), exc)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the caller re-raises
+        return results, ErrorRecord.capture("item", len(results), exc)  # them; workers live on
     return results, None
 
 
 def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
-    """Worker entry point of every process backend: bytes in, bytes out."""
+    """Run one batch in a worker process: the entry point of every serializing backend.
+
+    Args:
+        spec: the call's spec, its function as a blob (or left out, see :func:`holds`).
+        items_blob: the batch's items, pickled by the caller.
+
+    Returns:
+        The pickled :class:`Outcome`: the results, or the record of the error that
+        stopped the batch (the user's exception, an initializer's, or a failure to
+        unpickle the function or items or to pickle a result). Never raises but
+        for ``KeyboardInterrupt``.
+    """
     global in_worker
     in_worker = True
     try:
@@ -188,10 +252,10 @@ def _unpicklable(outcome: Outcome, exc: Exception) -> Outcome:
         except Exception as bad:
             record = ErrorRecord.capture("result", position, bad)
             record.exc = None
-            return Outcome(None, outcome.seconds, error=record)
+            return Outcome(None, outcome.seconds, outcome.pid, record)
     record = ErrorRecord.capture("result", None, exc)
     record.exc = None
-    return Outcome(None, outcome.seconds, error=record)
+    return Outcome(None, outcome.seconds, outcome.pid, record)
 
 
 def prepare_pool_worker(parent_pid: int) -> None:

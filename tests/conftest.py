@@ -15,8 +15,11 @@ from parmap._registry import is_installed
 
 cloudpickle.register_pickle_by_value(funcs)
 
-BACKENDS = [
-    name for name in ("serial", "multiprocessing", "loky", "ray", "dask") if is_installed(name)
+BUILT_IN = ("serial", "multiprocessing", "loky", "ray", "dask")
+# Every installed backend: the built-in ones, then any registered through an entry
+# point (examples/custom_backend, once installed), which pass the same contract suite.
+BACKENDS = [name for name in BUILT_IN if is_installed(name)] + [
+    name for name in parmap.available_backends() if name not in BUILT_IN
 ]
 # Where fn may run in the test process itself (auto picks serial for small, cheap inputs).
 IN_PROCESS = ("serial", "auto")

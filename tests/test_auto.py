@@ -16,8 +16,10 @@ import funcs
 import pytest
 
 import parmap
-from parmap import _auto
-from parmap._batching import costs
+from parmap import _auto, _calibration, _costs
+from parmap._calibration import Calibration
+from parmap._costs import costs
+from parmap._model import OverheadModel
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -119,7 +121,7 @@ def test_a_cluster_address_makes_its_engine_the_candidate(monkeypatch):
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:1")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     expected = ["dask"] if parmap._registry.is_installed("dask") else []
-    assert _auto._candidates() == expected
+    assert _auto.candidates() == expected
 
 
 class Scaled:
@@ -135,21 +137,21 @@ class Scaled:
 def test_what_was_learned_about_a_callable_object_dies_with_it():
     fitness = Scaled(3)
     assert parmap.parmap(fitness, range(50), backend="auto") == [3 * i for i in range(50)]
-    name = parmap._api._cost_name(fitness)
+    name = _costs.cost_name(fitness)
     assert name.startswith(f"{__name__}.Scaled@") and costs.get("name:" + name) is not None
     other = Scaled(4)
-    assert parmap._api._cost_name(other) != name  # each instance learns on its own
+    assert _costs.cost_name(other) != name  # each instance learns on its own
     del fitness
     gc.collect()
     assert costs.get("name:" + name) is None  # a later object given the same id starts afresh
-    assert name not in parmap._api._live_objects.values()
+    assert name not in _costs._live_objects.values()
 
 
 def test_decision_math_on_a_known_calibration(monkeypatch):
-    model = _auto.OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
-    calibration = _auto.Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
-    monkeypatch.setattr(_auto, "load_calibration", lambda workers, **_: calibration)
-    monkeypatch.setattr(_auto, "_candidates", lambda: ["loky"])
+    model = OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
+    calibration = Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
+    monkeypatch.setattr(_calibration, "load", lambda workers, **_: calibration)
+    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(): ["loky"])
     cheap = _auto.decide("f", 300, True, 1e-6, "given", 2)
     heavy = _auto.decide("f", 200, True, 10e-3, "given", 2)
     assert cheap.chosen == "serial" and heavy.chosen == "loky"
@@ -157,10 +159,10 @@ def test_decision_math_on_a_known_calibration(monkeypatch):
 
 
 def test_a_call_slower_than_predicted_corrects_later_decisions(monkeypatch):
-    model = _auto.OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
-    calibration = _auto.Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
-    monkeypatch.setattr(_auto, "load_calibration", lambda workers, **_: calibration)
-    monkeypatch.setattr(_auto, "_candidates", lambda: ["loky"])
+    model = OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
+    calibration = Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
+    monkeypatch.setattr(_calibration, "load", lambda workers, **_: calibration)
+    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(): ["loky"])
     monkeypatch.setattr(_auto, "_running", lambda name: True)
     monkeypatch.setattr(_auto, "_corrections", {})
     monkeypatch.setattr(_auto, "_first_calls", set())
@@ -178,10 +180,10 @@ def test_a_call_slower_than_predicted_corrects_later_decisions(monkeypatch):
 
 
 def test_a_backend_predicted_close_to_serial_is_tried_and_learned(monkeypatch):
-    model = _auto.OverheadModel("loky", 2, "parmap", 2e-4, fixed=6e-3)  # pessimistic
-    calibration = _auto.Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
-    monkeypatch.setattr(_auto, "load_calibration", lambda workers, **_: calibration)
-    monkeypatch.setattr(_auto, "_candidates", lambda: ["loky"])
+    model = OverheadModel("loky", 2, "parmap", 2e-4, fixed=6e-3)  # pessimistic
+    calibration = Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
+    monkeypatch.setattr(_calibration, "load", lambda workers, **_: calibration)
+    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(): ["loky"])
     monkeypatch.setattr(_auto, "_running", lambda name: True)
     for table in ("_corrections", "_explored"):
         monkeypatch.setattr(_auto, table, {})
@@ -218,17 +220,22 @@ def test_calibration_is_measured_written_and_shown(tmp_path, monkeypatch, census
         env=env, timeout=60,
     ).stdout  # fmt: skip
     assert str(path) in info and "days ago" in info
-    calibration = _auto.load_calibration(2, calibrate=False)
+    calibration = _calibration.load(2, calibrate=False)
     assert calibration.source == str(path) and "loky" in calibration.models
 
 
-def test_a_child_process_never_calibrates(tmp_path):
+def test_a_child_process_never_calibrates(tmp_path, monkeypatch):
     """A worker, or a child re-running a script that lacks the __main__ guard, uses the
     built-in defaults rather than starting pools of its own."""
     path = tmp_path / "calibration.json"
+    monkeypatch.setenv("PARMAP_CALIBRATION", str(path))
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        assert pool.apply(_auto._measure, (path,)) is None
-    assert not path.exists()
+        source = pool.apply(_child_calibration_source)
+    assert source.startswith("built-in defaults") and not path.exists()
+
+
+def _child_calibration_source():
+    return _calibration.load(2).source
 
 
 def test_auto_never_keeps_a_calibration_that_missed_a_backend(tmp_path):
@@ -242,5 +249,5 @@ def test_auto_never_keeps_a_calibration_that_missed_a_backend(tmp_path):
         with pytest.raises(RuntimeError, match="no model for imaginary"):
             calibrate(path, backends=["loky", "imaginary"], progress=False, complete=True)
     finally:
-        _registry._specs.pop("imaginary")
+        _registry.unregister_backend("imaginary")
     assert not path.exists()

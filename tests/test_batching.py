@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from parmap._batching import PROBE_SIZE, Batcher, CostMemory, costs
+from parmap._batching import PROBE_SIZE, Batcher
+from parmap._costs import CostMemory, costs
 
 
 def plan(total, cost, workers=2, overhead=2e-4):

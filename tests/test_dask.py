@@ -111,7 +111,7 @@ def test_embedded_batches_skip_the_scheduler(census):
     """On the embedded cluster a batch is one request to a worker, never a task."""
     got = parmap.parmap(funcs.square, range(300), backend="dask", chunksize=3)
     assert got == [i * i for i in range(300)]
-    scheduler = live_dask_backend()._embedded.cluster.scheduler
+    scheduler = live_dask_backend().engine.session().cluster.scheduler
     assert "run_batch" not in scheduler.task_prefixes, "batches went through the scheduler"
 
 

@@ -39,7 +39,7 @@ import ray
 import ray.exceptions
 
 from parmap._worker import CallSpec
-from parmap.backends import _ray
+from parmap.backends import _ray, _ray_pool
 from parmap.backends._base import default_workers
 
 pytestmark = pytest.mark.timeout(240)
@@ -140,7 +140,7 @@ def counting_puts(monkeypatch):
         sizes.append(size_of(value))
         return real_put(value, **kwargs)
 
-    monkeypatch.setattr(_ray.ray, "put", put)
+    monkeypatch.setattr(_ray_pool.ray, "put", put)
     yield sizes
 
 

@@ -1,18 +1,24 @@
 """The backend interface: start workers, run one batch, stop.
 
 A backend adapts one execution engine to parmap. It does not batch, order,
-retry, time out or annotate errors: ``parmap._api`` does that once for all.
-One call's life, as a backend sees it::
+retry, time out or annotate errors: the core's driver (``parmap._driver``)
+does that once for all. One call's life, as a backend sees it::
 
-    prepare(spec)            once per call: ship the function (e.g. ray.put)
-    submit(prepared, items)  once per batch -> concurrent.futures.Future[bytes]
+    prepare(spec)            once per call: connect or start, ship the function
+    batch_overhead           read after prepare: sizes the call's batches
+    submit(prepared, items)  once per batch -> concurrent.futures.Future
+                             (its result: run_batch's bytes, or an Outcome)
     wait(futures, timeout)   until at least one is done
     translate(exc, future)   engine errors -> parmap errors (WorkerCrashedError)
     cancel(futures, ...)     on error, timeout, Ctrl-C or an abandoned imap
     shutdown()               at parmap.shutdown() or interpreter exit
 
-Workers start lazily on the first ``submit`` and are reused by later calls.
-A remote worker runs ``parmap._worker.run_batch(spec, items_blob)``.
+What the core needs to know about a backend without running it (whether it
+serializes, its costs, whether ``auto`` may choose it, which environment
+variable names its cluster, which options it takes) are attributes of its
+class, read from the registry: no engine is named in the core. Import the
+engine itself in the methods, not at the top of the module, so reading those
+facts stays cheap (``auto`` reads them for every installed backend).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from parmap._worker import CallSpec
@@ -37,14 +44,19 @@ def default_workers() -> int:
 
 
 class Locator:
-    """Where a worker finds the value of a ``parmap.share()`` handle."""
+    """Where a worker finds the value of a ``parmap.share()`` handle.
+
+    A backend's :meth:`Backend.publish` returns one; it is pickled into the
+    function and its :meth:`load` runs on the worker, once per worker process.
+    """
 
     def load(self) -> Any:
+        """Return the shared value (on a worker)."""
         raise NotImplementedError
 
 
 class InlineLocator(Locator):
-    """The value travels inside the pickled function (the fallback)."""
+    """The value travels inside the pickled function (the default)."""
 
     def __init__(self, blob: bytes) -> None:
         self.blob = blob
@@ -55,37 +67,70 @@ class InlineLocator(Locator):
         return loads(self.blob)
 
 
+_NO_MODEL: Mapping[str, float] = MappingProxyType({})
+
+
 class Backend(abc.ABC):
     """Base class of parmap backends.
 
-    Class attributes:
-        name: the registered name.
-        batch_overhead: typical seconds of one batch round trip on a warm
-            backend; the batching policy sizes batches from it.
-        serializes: False for backends that run in the caller's process on
-            live objects (serial); True for the rest, which receive bytes.
+    Facts the core reads from the class (override them in a subclass):
+
+    Attributes:
+        name: the registered name (``backend=``, ``$PARMAP_BACKEND``).
+        serializes: False for backends that run ``fn`` in the caller's process
+            on live objects (their batches go to :func:`parmap.backends.run_local`);
+            True for the rest, whose batches are bytes for
+            :func:`parmap.backends.run_batch`.
+        batch_overhead: typical seconds of one batch's round trip on a warm
+            backend; the batching policy sizes batches from it. The core reads it
+            after :meth:`prepare`, which may set it for where it connected.
+        startup_seconds: what the first call costs to start the workers, for
+            ``auto`` before ``parmap bench --calibrate`` has measured it.
+        default_model: ``auto``'s conservative overhead constants before
+            calibration (``fixed``, ``per_item``, ``per_batch`` seconds and a
+            ``work_factor``; see ``parmap._model``). Empty: ``auto`` never
+            chooses this backend uncalibrated.
+        auto: whether ``backend="auto"`` may choose it.
+        cluster_env: an environment variable naming this backend's cluster
+            (e.g. ``RAY_ADDRESS``). When one is set, ``auto`` chooses between
+            serial and the backends whose variable is set.
+        option_names: the options it takes besides ``workers`` (e.g.
+            ``("address",)``); a call's options of those names reach
+            ``__init__``.
+        stops_running: whether ``cancel(..., stop_running=True)`` really stops
+            batches that already run (False for threads, which cannot be killed).
     """
 
     name: ClassVar[str] = "?"
-    batch_overhead: float = 1e-3
     serializes: ClassVar[bool] = True
+    batch_overhead: float = 1e-3
+    startup_seconds: ClassVar[float] = 1.0
+    default_model: ClassVar[Mapping[str, float]] = _NO_MODEL
+    auto: ClassVar[bool] = True
+    cluster_env: ClassVar[str | None] = None
+    option_names: ClassVar[tuple[str, ...]] = ()
+    stops_running: ClassVar[bool] = True
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
-        if workers is not None and (not isinstance(workers, int) or workers < 1):
+        if workers is not None and (
+            not isinstance(workers, int) or isinstance(workers, bool) or workers < 1
+        ):
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        unknown = set(options) - set(self.option_names())
+        unknown = set(options) - set(self.option_names)
         if unknown:
             raise TypeError(
                 f"backend {self.name!r} does not take option(s) {sorted(unknown)}; "
-                f"it takes {sorted(self.option_names()) or 'none'}"
+                f"it takes {sorted(self.option_names) or 'none'}"
             )
         self.requested_workers = workers
         self.options = options
 
     @classmethod
-    def option_names(cls) -> Collection[str]:
-        """Options besides ``workers`` this backend accepts (e.g. ``address``)."""
-        return ()
+    def attached(cls) -> bool:
+        """Whether the caller's own code already runs this engine in this process (for
+        Ray: ``ray.init()``). It then counts as started, and as the cluster to use.
+        Must not import the engine: look in ``sys.modules``."""
+        return False
 
     @property
     def workers(self) -> int:
@@ -98,7 +143,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, prepared: Any, items: Any) -> cf.Future[Any]:
-        """Start one batch; the future's result is ``run_batch``'s bytes (or an Outcome)."""
+        """Start one batch; the future's result is ``run_batch``'s bytes (or an Outcome).
+
+        ``items`` is the batch pickled (``serializes``) or the list of items.
+        """
 
     def wait(self, futures: Collection[cf.Future[Any]], timeout: float | None) -> set[Any]:
         """Block until at least one future is done or ``timeout`` passes; return the done ones."""
@@ -108,6 +156,9 @@ class Backend(abc.ABC):
     def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
         """Map an engine's error to a parmap error (default: as is).
 
+        A worker lost with its batch must become :class:`parmap.WorkerCrashedError`:
+        that is what ``retries=`` retries.
+
         Args:
             exc: what ``submit`` or ``future.result()`` raised.
             future: the batch's future, or None when ``submit`` itself raised.
@@ -115,13 +166,23 @@ class Backend(abc.ABC):
         return exc
 
     def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
-        """Cancel queued batches; with ``stop_running``, stop running ones too."""
+        """Cancel queued batches; with ``stop_running``, stop running ones too.
+
+        When it returns, no stopped batch may start another item: a timeout or a
+        Ctrl-C means that the work has stopped, not that it will.
+        """
         for future in futures:
             future.cancel()
 
     def publish(self, token: str, blob: bytes) -> Locator:
         """Send a shared value to the workers once; return how they find it."""
         return InlineLocator(blob)
+
+    def release(self, token: str) -> None:  # noqa: B027 - optional
+        """Forget a shared value published under ``token`` (its handle was collected).
+
+        Called from any thread, maybe from a garbage collection: do not block.
+        """
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``parmap info``."""

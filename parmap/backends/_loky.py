@@ -10,8 +10,6 @@ import concurrent.futures as cf
 import os
 import re
 
-import loky
-
 from parmap._worker import prepare_pool_worker
 from parmap.backends._process import ProcessPoolBackend
 
@@ -24,6 +22,8 @@ class LokyBackend(ProcessPoolBackend):
     name = "loky"
 
     def _new_executor(self) -> cf.Executor:
+        import loky
+
         return loky.ProcessPoolExecutor(
             max_workers=self.workers,
             initializer=prepare_pool_worker,

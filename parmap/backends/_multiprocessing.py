@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
-from collections.abc import Collection
 from typing import Any
 
 from parmap._worker import prepare_pool_worker
@@ -26,6 +25,7 @@ class MultiprocessingBackend(ProcessPoolBackend):
     """Process pool from the standard library, with a configurable start method."""
 
     name = "multiprocessing"
+    option_names = ("start_method",)
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         super().__init__(workers, **options)
@@ -36,10 +36,6 @@ class MultiprocessingBackend(ProcessPoolBackend):
                 f"start_method {method!r} is not available here; choose one of {available}"
             )
         self.start_method = method
-
-    @classmethod
-    def option_names(cls) -> Collection[str]:
-        return ("start_method",)
 
     def _new_executor(self) -> cf.Executor:
         return cf.ProcessPoolExecutor(

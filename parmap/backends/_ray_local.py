@@ -31,15 +31,18 @@ __all__ = ["start", "stop_reaper"]
 _SINGLE_NODE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def start(num_cpus: int) -> subprocess.Popen[bytes] | None:
-    """Start a new local Ray instance with ``num_cpus`` CPUs; return its reaper.
+def start(
+    num_cpus: int,
+) -> tuple[subprocess.Popen[bytes] | None, set[_ray_reaper.Process]]:
+    """Start a new local Ray instance with ``num_cpus`` CPUs.
 
     Args:
         num_cpus: the CPUs Ray may schedule on.
 
     Returns:
         The reaper process (pass it to :func:`stop_reaper` after ``ray.shutdown()``),
-        or None where there is no /proc to watch processes with.
+        or None where there is no /proc to watch processes with; and the
+        instance's own processes (raylet, GCS...), as ``(pid, start time)``.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     before = _ray_children()
@@ -50,7 +53,8 @@ def start(num_cpus: int) -> subprocess.Popen[bytes] | None:
             include_dashboard=False,
             logging_level=logging.ERROR,
         )
-    return _start_reaper(_ray_children() - before)
+    started = _ray_children() - before
+    return _start_reaper(started), started
 
 
 def stop_reaper(reaper: subprocess.Popen[bytes] | None) -> None:

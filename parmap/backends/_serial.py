@@ -6,7 +6,7 @@ import concurrent.futures as cf
 from collections.abc import Sequence
 from typing import Any
 
-from parmap._worker import CallSpec, execute
+from parmap._worker import CallSpec, run_local
 from parmap.backends._base import Backend
 
 __all__ = ["SerialBackend"]
@@ -18,6 +18,8 @@ class SerialBackend(Backend):
     name = "serial"
     batch_overhead: float = 5e-6
     serializes = False
+    startup_seconds = 0.0
+    auto = False  # auto's own serial choice runs in place, without a backend
 
     @property
     def workers(self) -> int:
@@ -25,7 +27,7 @@ class SerialBackend(Backend):
 
     def submit(self, prepared: CallSpec, items: Sequence[Any]) -> cf.Future[Any]:
         future: cf.Future[Any] = cf.Future()
-        future.set_result(execute(prepared, prepared.fn, items))
+        future.set_result(run_local(prepared, items))
         return future
 
     def shutdown(self) -> None:

@@ -32,9 +32,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import parmap
-from parmap import _registry, _worker
+from parmap import _registry
 from parmap._share import Shared
-from parmap.backends._base import default_workers
+from parmap.backends import default_workers, on_worker
 
 __all__ = [
     "CallTask",
@@ -107,7 +107,7 @@ def call_config() -> Iterator[None]:
 
 def is_origin() -> bool:
     """True in the program's own process, False on a worker."""
-    return not _worker.in_worker
+    return not on_worker()
 
 
 def worker_name() -> bytes:
@@ -121,7 +121,7 @@ def size() -> int:
     With no worker count given, the backend is started (a no-op call, through
     the core) to ask it: a Ray or Dask cluster has the workers it has.
     """
-    if _worker.in_worker:
+    if on_worker():
         return settings.workers or 1
     with call_config():
         choice = parmap.get_backend()
@@ -356,7 +356,7 @@ class Submitter:
         return future
 
     def _inline(self) -> bool:
-        if _worker.in_worker:
+        if on_worker():
             return True
         with call_config():
             return parmap.get_backend().name == "serial"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import parmap
-from parmap import _worker
+from parmap.backends import on_worker
 from parmap.scoop import _runtime
 from parmap.scoop._runtime import Future
 
@@ -275,5 +275,5 @@ def shutdown(wait: bool = True) -> None:
         wait: wait for submitted futures first (and stop the workers).
     """
     _runtime.submitter.shutdown(wait)
-    if wait and not _worker.in_worker:
+    if wait and not on_worker():
         parmap.shutdown()
