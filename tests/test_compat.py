@@ -19,7 +19,6 @@ import contextvars
 import importlib
 import inspect
 import os
-import random
 import re
 import sys
 import types
@@ -73,18 +72,6 @@ def test_distributed_future_cancelled_error():
     error = client.FutureCancelledError(key="k", reason="r", msg="m")
     assert isinstance(error, cf.CancelledError)
     assert (error.reason, error.msg) == ("r", "m")
-
-
-@entry("the random module of distributed's modules")
-def test_distributed_modules_draw_from_the_random_module():
-    pytest.importorskip("distributed")
-    import parmap.backends._dask as dask_backend  # isolates them on import
-
-    for name in dask_backend._MODULES_USING_RANDOM:
-        module = importlib.import_module(name)
-        assert isinstance(module.random, dask_backend._PrivateRandom), name
-    compression = importlib.import_module("distributed.protocol.compression")
-    assert compression.randint != random.randint, "randint still draws from the random module"
 
 
 @entry("ray._private.ray_constants.ENABLE_RAY_CLUSTER")

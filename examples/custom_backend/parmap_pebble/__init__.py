@@ -95,4 +95,3 @@ class PebbleBackend(Backend):
             pool.close()
             pool.stop()
             pool.join()
-
