@@ -44,6 +44,7 @@ CORE_SUITES = [
     "tests/test_deap.py",
     "tests/test_scoop.py",
     "tests/test_compat.py",
+    "tests/test_custom_backend.py",
 ]
 FLOOR_SUITES = ["tests/test_contract.py", "tests/test_faults.py", "tests/test_compat.py"]
 LINTED = ["parmap", "tests", "examples", "benchmarks", "noxfile.py", ".ci"]
@@ -108,8 +109,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS)
 def core(session: nox.Session) -> None:
-    """The contract, fault, DEAP and SCOOP suites on one Python, newest engine versions."""
-    _install(session)
+    """The contract, fault, DEAP, SCOOP and compatibility suites on one Python, newest engine
+    versions, with the example external backend installed (the contract suite runs on it)."""
+    _install(session, "-e", "examples/custom_backend")
     _pytest(session, *CORE_SUITES)
 
 
