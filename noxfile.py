@@ -29,6 +29,7 @@ from pathlib import Path
 
 import nox
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -126,15 +127,17 @@ def floor_constraints() -> list[str]:
     lines = [*project.get("dependencies", [])]
     for extra in project.get("optional-dependencies", {}).values():
         lines += extra
-    floors = {}
+    floors: dict[str, Version] = {}
     for line in lines:
         requirement = Requirement(line)
         if requirement.name == project["name"]:
             continue  # the self-reference of the "all" extra
         for spec in requirement.specifier:
-            if spec.operator == ">=":
-                floors[requirement.name] = f"{requirement.name}=={spec.version}"
-    return sorted(floors.values())
+            if spec.operator == ">=":  # two extras may name one package: the higher floor wins
+                floors[requirement.name] = max(
+                    Version(spec.version), floors.get(requirement.name, Version("0"))
+                )
+    return sorted(f"{name}=={version}" for name, version in floors.items())
 
 
 @nox.session(python=FLOOR_PYTHON)

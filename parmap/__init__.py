@@ -11,6 +11,7 @@ from parmap._call import explain
 from parmap._config import BackendChoice, config, get_backend
 from parmap._errors import (
     BackendNotInstalledError,
+    ItemTimeoutError,
     ParmapError,
     SerializationError,
     TimeoutError,
@@ -18,6 +19,7 @@ from parmap._errors import (
     WorkerCrashedError,
     WorkerInitializationError,
 )
+from parmap._local import PerWorker, per_worker
 from parmap._registry import available_backends, backend_names, register_backend, shutdown
 from parmap._share import Shared, share
 from parmap.backends._base import Backend
@@ -28,7 +30,9 @@ __all__ = [
     "Backend",
     "BackendChoice",
     "BackendNotInstalledError",
+    "ItemTimeoutError",
     "ParmapError",
+    "PerWorker",
     "SerializationError",
     "Shared",
     "TimeoutError",
@@ -43,6 +47,7 @@ __all__ = [
     "get_backend",
     "imap",
     "parmap",
+    "per_worker",
     "register_backend",
     "share",
     "shutdown",

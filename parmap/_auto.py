@@ -11,7 +11,12 @@ One decision::
                       cluster_env is set, e.g. $RAY_ADDRESS) or already attached
                       in this process, when there are such
     prediction        serial: n * c; a backend: its overhead model (parmap._model)
-                      + its start-up time unless it is already running
+                      + its start-up time unless it is already running, less what
+                      staying serial on earlier calls of the function has already
+                      cost: a loop of calls too short each to repay a pool's start-up
+                      (a GA of many quick generations) starts it once staying serial
+                      has cost as much as starting would (the ski-rental rule: never
+                      more than twice the best choice made knowing the future)
     choice            the smallest prediction; serial unless a backend is predicted
                       SERIAL_MARGIN (1.1x) faster: a model's error near the crossover
                       should cost little, not a needless parallel call
@@ -43,7 +48,7 @@ from parmap._config import getenv
 from parmap._costs import costs, on_forget
 from parmap.backends._base import default_workers
 
-__all__ = ["Decision", "decide", "learn", "plan", "stays_serial"]
+__all__ = ["Decision", "candidates", "commit", "decide", "learn", "plan", "stays_serial"]
 
 log = logging.getLogger("parmap")
 
@@ -69,6 +74,7 @@ class Decision:
     chosen: str
     calibration: Calibration | None
     probe: list[Any] = field(default_factory=list, repr=False)
+    missed: dict[str, float] = field(default_factory=dict, repr=False)  # see commit()
 
     def __str__(self) -> str:
         n = f"{self.n_items + len(self.probe):,}" + ("" if self.n_exact else "+")
@@ -100,6 +106,8 @@ def plan(
     workers: int | None,
     probe: Callable[[int], list[Any]],
     options: frozenset[str] = frozenset(),
+    *,
+    stops: bool = False,
 ) -> tuple[Decision, Iterator[Any], int | None]:
     """Decide one call.
 
@@ -113,6 +121,8 @@ def plan(
             initializer semantics); its timing lands in the cost memory.
         options: backend options the call sets (e.g. ``address``): only backends
             that take them are candidates.
+        stops: the call needs a backend that can stop a running item
+            (``item_timeout=``): serial is out, and so are backends that cannot.
 
     Returns:
         The decision (its ``probe`` holds the results already computed), the
@@ -131,7 +141,7 @@ def plan(
     remaining = None if total is None else max(0, total - len(probed))
     rest, n_rest, exact = _count(items, remaining, len(probed))
     workers = workers or _default_workers()
-    decision = decide(fn_name, n_rest, exact, cost, source, workers, options)
+    decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
     decision.probe = probed
     log.debug("%s", decision)
     return decision, rest, n_rest if exact else None
@@ -177,26 +187,44 @@ def decide(
     source: str,
     workers: int,
     options: frozenset[str] = frozenset(),
+    *,
+    stops: bool = False,
 ) -> Decision:
-    """Predict each candidate and choose (see the module docstring)."""
+    """Predict each candidate and choose (see the module docstring).
+
+    With ``stops`` (``item_timeout=``), serial is not a choice: the fastest
+    backend that can stop a running item is.
+    """
     serial_seconds = n_items * cost
     predictions = {"serial": serial_seconds}
     decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
     calibration = _calibration.load(workers)
     decision.calibration = calibration
-    if n_items < 2 or serial_seconds * EXPLORE_BAND <= calibration.floor(n_items, cost, workers):
+    floor = calibration.floor(n_items, cost, workers)
+    if not stops and (n_items < 2 or serial_seconds * EXPLORE_BAND <= floor):
         return decision  # no backend can win: skip the candidates
-    for name in candidates(options):
-        model = calibration.model(name, workers)
+    for name in candidates(options, stops=stops):
+        model = _model(calibration, name, workers)
         if model is None:
             continue
+        if not stops and model.fixed >= serial_seconds:
+            continue  # cannot win even warm: skip the batch simulation
+        warm = model.predict(n_items, cost) * _corrections.get((fn_name, name), 1.0)
         startup = 0.0 if _running(name) else calibration.startup.get(name, 0.0)
-        if startup + model.fixed >= serial_seconds:
-            continue  # cannot win: skip the batch simulation
-        correction = _corrections.get((fn_name, name), 1.0)
-        predictions[name] = model.predict(n_items, cost) * correction + startup
+        if startup and warm * SERIAL_MARGIN < serial_seconds:  # it would win, once started
+            decision.missed[name] = serial_seconds - warm
+            startup = max(0.0, startup - _missed.get((fn_name, name), 0.0))
+        predictions[name] = warm + startup
         decision.startup[name] = startup
     best = min((n for n in predictions if n != "serial"), key=predictions.__getitem__, default="")
+    if stops:
+        if not best:
+            raise ValueError(
+                "item_timeout needs a backend that runs fn in worker processes, which it "
+                "can stop; backend='auto' found none installed and calibrated"
+            )
+        decision.chosen = best
+        return decision
     if not best:
         return decision
     clear_win = predictions[best] * SERIAL_MARGIN < serial_seconds  # models err: no close calls
@@ -204,6 +232,16 @@ def decide(
     if clear_win or (close and _explore(fn_name, best, decision)):
         decision.chosen = best
     return decision
+
+
+def commit(decision: Decision) -> None:
+    """A call runs as decided: what staying serial costs it, against each backend that
+    would win once started, counts towards that backend's start-up (see the module doc)."""
+    if decision.chosen != "serial":
+        return
+    for name, seconds in decision.missed.items():
+        key = (decision.fn, name)
+        _bounded(_missed)[key] = _missed.get(key, 0.0) + seconds
 
 
 def _explore(fn_name: str, name: str, decision: Decision) -> bool:
@@ -222,6 +260,7 @@ def _explore(fn_name: str, name: str, decision: Decision) -> bool:
 
 
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
+_missed: dict[tuple[str, str], float] = {}  # (fn, backend) -> seconds serial cost beyond it
 _first_calls: set[tuple[str, str]] = set()
 _explored: dict[tuple[str, str], int] = {}
 _FEEDBACK_ENTRIES = 4096
@@ -237,7 +276,7 @@ def _bounded(table: Any) -> Any:
 
 def forget(fn_name: str) -> None:
     """Drop the feedback about a function (a callable object that died)."""
-    for table in (_corrections, _explored):
+    for table in (_corrections, _explored, _missed):
         for key in [key for key in list(table) if key[0] == fn_name]:
             table.pop(key, None)
     for key in [key for key in list(_first_calls) if key[0] == fn_name]:
@@ -268,14 +307,15 @@ def learn(decision: Decision, seconds: float) -> None:
     log.debug("parmap auto: %s on %s took %s, predicted %s", *key, _fmt(seconds), _fmt(predicted))
 
 
-def candidates(options: frozenset[str] = frozenset()) -> list[str]:
+def candidates(options: frozenset[str] = frozenset(), *, stops: bool = False) -> list[str]:
     """The backends ``auto`` may choose now: those whose cluster is named or attached
     (see :attr:`parmap.backends.Backend.cluster_env`) if any, else every one allowed;
-    of those, the ones that take ``options``."""
+    of those, the ones that take ``options`` (and with ``stops``, that can stop a
+    running item)."""
     allowed = {
         name: cls
         for name, cls in _registry.installed_classes().items()
-        if cls.auto and options <= set(cls.option_names)
+        if cls.auto and options <= set(cls.option_names) and (cls.stops_running or not stops)
     }
     clusters = [
         name
@@ -283,6 +323,15 @@ def candidates(options: frozenset[str] = frozenset()) -> list[str]:
         if (cls.cluster_env and getenv(cls.cluster_env)) or cls.attached()
     ]
     return clusters or list(allowed)
+
+
+def _model(calibration: Calibration, name: str, workers: int) -> Any:
+    """``name``'s calibrated model; for an attached backend the calibration lacks (an MPI
+    job's ranks exist only inside the job, never where the calibration ran), its class's."""
+    model = calibration.model(name, workers)
+    if model is None and _registry.backend_class(name).attached():
+        model = _calibration.defaults(workers).model(name, workers)
+    return model
 
 
 def _running(name: str) -> bool:

@@ -21,11 +21,16 @@ BUILT_IN = ("serial", "multiprocessing", "loky", "ray", "dask")
 BACKENDS = [name for name in BUILT_IN if is_installed(name)] + [
     name for name in parmap.available_backends() if name not in BUILT_IN
 ]
+# backend="mpi" runs only in rank 0 of `mpiexec -n N python -m mpi4py.futures`: the suite
+# runs it there (tests/test_mpi.py), with $PARMAP_TEST_BACKENDS=mpi (comma-separated
+# names) narrowing the backend fixture to it.
+BACKENDS = [name for name in BACKENDS if name != "mpi"]
+NARROWED = [name for name in os.environ.get("PARMAP_TEST_BACKENDS", "").split(",") if name]
 # Where fn may run in the test process itself (auto picks serial for small, cheap inputs).
 IN_PROCESS = ("serial", "auto")
 
 
-@pytest.fixture(params=[*BACKENDS, "auto"])
+@pytest.fixture(params=NARROWED or [*BACKENDS, "auto"])
 def backend(request):
     """Every installed backend, and auto; the contract suite runs once per each."""
     return request.param
@@ -73,7 +78,13 @@ def census():
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for var in ("PARMAP_BACKEND", "PARMAP_WORKERS", "PARMAP_START_METHOD"):
+    for var in (
+        "PARMAP_BACKEND",
+        "PARMAP_WORKERS",
+        "PARMAP_START_METHOD",
+        "PARMAP_ITEM_TIMEOUT",
+        "PARMAP_RETURN_EXCEPTIONS",
+    ):
         monkeypatch.delenv(var, raising=False)
     # backend="auto" predicts with built-in constants in tests: no calibration run per test.
     monkeypatch.setenv("PARMAP_CALIBRATION", "defaults")

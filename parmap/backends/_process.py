@@ -24,7 +24,7 @@ from typing import Any
 
 from parmap._errors import WorkerCrashedError, describe_exit
 from parmap._serialization import loads
-from parmap._worker import CallSpec, run_batch
+from parmap._worker import CallSpec, Outcome, run_batch
 from parmap.backends._base import Backend, Locator
 
 __all__ = ["FileLocator", "ProcessPoolBackend"]
@@ -71,24 +71,38 @@ class ProcessPoolBackend(Backend):
         pool = self._pool()
         try:
             future = pool.submit(run_batch, prepared, items)
-        except (BrokenProcessPool, RuntimeError):  # broken or shut down: start afresh
+        except (BrokenProcessPool, RuntimeError) as exc:  # broken or shut down: start afresh
+            if "bootstrapping phase" in str(exc):  # the standard library's own words
+                raise RuntimeError(_IN_A_STARTING_WORKER) from None
             self._discard(pool)
             pool = self._pool()
             future = pool.submit(run_batch, prepared, items)
         # Remember each pool's processes: their exit codes explain a crash later.
         pool.__dict__.setdefault("_parmap_processes", {}).update(getattr(pool, "_processes", {}))
         future._parmap_pool = pool  # type: ignore[attr-defined]
+        if not getattr(pool, "_parmap_ran", False):
+            future.add_done_callback(_note_ran)
         return future
 
     def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
+        pool = getattr(future, "_parmap_pool", None)
+        if getattr(pool, "_parmap_stopped", False) and not isinstance(exc, BrokenProcessPool):
+            return WorkerCrashedError(f"a batch was lost when parmap stopped its {self.name} pool")
         if not isinstance(exc, BrokenProcessPool):
             return exc
-        pool = getattr(future, "_parmap_pool", None)
         exitcode = self._exitcode(exc, pool)
         if pool is not None:
             self._discard(pool)
+        if not getattr(pool, "_parmap_ran", False) and self._reruns_main() and exitcode == 1:
+            return WorkerCrashedError(_MAIN_GUARD_HINT.format(self.name), exitcode=1,
+                                      retryable=False)  # fmt: skip
         message = f"a {self.name} worker process {describe_exit(exitcode)}"
         return WorkerCrashedError(message, exitcode=exitcode)
+
+    def _reruns_main(self) -> bool:
+        """Whether this pool's workers import the caller's main script again as they start
+        (the standard library's 'spawn' and 'forkserver' do; loky's workers do not)."""
+        return False
 
     def _exitcode(self, exc: BaseException, pool: cf.Executor | None) -> int | None:
         """The exit code (negative: signal) of the worker whose death broke ``pool``."""
@@ -100,10 +114,22 @@ class ProcessPoolBackend(Backend):
             return
         pools = {id(p): p for p in (getattr(f, "_parmap_pool", None) for f in running) if p}
         for pool in pools.values():
-            with self._lock:
-                if self._executor is pool:
-                    self._executor = None
-            self._kill(pool)
+            self._stop(pool)
+
+    def stop_worker(self, future: cf.Future[Any], outcome: Outcome) -> None:
+        """Kill the pool that ran the batch (a worker's death breaks the whole pool anyway);
+        the next batch starts a fresh one."""
+        pool: cf.Executor | None = getattr(future, "_parmap_pool", None)
+        if pool is not None:
+            self._stop(pool)
+
+    def _stop(self, pool: cf.Executor) -> None:
+        """Kill ``pool`` now; its batches not done are lost (see :meth:`translate`)."""
+        with self._lock:
+            if self._executor is pool:
+                self._executor = None
+        pool._parmap_stopped = True  # type: ignore[attr-defined]
+        self._kill(pool)
 
     def _kill(self, pool: cf.Executor) -> None:
         """Stop a pool now, killing its processes."""
@@ -146,6 +172,27 @@ class ProcessPoolBackend(Backend):
             self._shutdown(pool)
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
+
+
+_MAIN_GUARD_HINT = (
+    "a {} worker process exited with code 1 while it started, before any batch ran. Each "
+    "worker imports your main script again as it starts: if the script calls parmap when "
+    "imported, every worker does too, and fails (the workers' tracebacks above say so). "
+    "Put the call under `if __name__ == \"__main__\":`, or use backend='loky', "
+    "whose workers do not re-run the script"
+)
+
+
+_IN_A_STARTING_WORKER = (
+    "parmap was called while this worker process imported the main script, as it does when "
+    'it starts: put the script\'s parmap calls under `if __name__ == "__main__":`'
+)
+
+
+def _note_ran(future: cf.Future[Any]) -> None:
+    """A batch came back from the pool: its workers start (a later death is not a start-up's)."""
+    if not future.cancelled() and future.exception() is None:
+        future._parmap_pool._parmap_ran = True  # type: ignore[attr-defined]
 
 
 def _processes(pool: cf.Executor | None) -> list[Any]:
