@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import contextvars
 import importlib
 import inspect
+import multiprocessing
 import os
 import re
 import sys
@@ -96,7 +97,8 @@ def test_loky_crash_message_names_exit_codes():
 
 @entry("ProcessPoolExecutor._processes and _executor_manager_thread")
 def test_process_pool_private_attributes(census):
-    with cf.ProcessPoolExecutor(max_workers=1) as pool:
+    context = multiprocessing.get_context("forkserver")  # parmap's default; fork warns on 3.12+
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         assert pool.submit(abs, -1).result(timeout=60) == 1
         assert isinstance(pool._processes, dict) and len(pool._processes) == 1
         assert pool._executor_manager_thread is not None
