@@ -134,9 +134,11 @@ def test_a_crashed_item_stands_as_worker_crashed_once_retries_are_spent(backend,
     got = parmap.parmap(
         funcs.exit_at(7), range(12), backend=backend, chunksize=4, return_exceptions=True
     )
-    assert isinstance(got[7], parmap.WorkerCrashedError)
-    assert all(v == i for i, v in enumerate(got) if not isinstance(v, Exception))
-    assert sum(not isinstance(v, Exception) for v in got) >= 8  # only 7's batch is lost
+    lost = [i for i, v in enumerate(got) if isinstance(v, parmap.WorkerCrashedError)]
+    assert set(range(4, 8)) <= set(lost), got  # item 7's batch
+    # the other batches come back, or were lost with the same worker or pool (a process
+    # pool breaks whole; how many were in flight then is the machine's timing)
+    assert all(v == i for i, v in enumerate(got) if i not in lost), got
 
 
 def test_keyboard_interrupt_and_system_exit_still_stop_the_call(backend, census):

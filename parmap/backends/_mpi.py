@@ -45,7 +45,6 @@ mpi4py.futures``), feature-checked: without it, parmap says how to start.
 
 from __future__ import annotations
 
-import abc
 import concurrent.futures as cf
 import faulthandler
 import logging
@@ -75,21 +74,12 @@ CENSUS_SECONDS = 60.0  # for every rank to answer once at start (they may be bus
 CHECK_EVERY = 0.5  # seconds between checks that this host's ranks are alive
 
 
-class _MPIClass(abc.ABCMeta):
-    """The metaclass of :class:`MPIBackend`: its ``auto`` fact is read when asked."""
-
-    @property
-    def auto(cls) -> bool:
-        """``backend="auto"`` may choose MPI only in rank 0 of an MPI job's pool."""
-        return bool(cls.attached())  # type: ignore[attr-defined]
-
-
-class MPIBackend(Backend, metaclass=_MPIClass):
+class MPIBackend(Backend):
     """The worker ranks of ``mpiexec -n N python -m mpi4py.futures script.py``.
 
-    Facts (see :class:`parmap.backends.Backend`): ``auto`` is true only in rank 0
-    of such a job (see :meth:`attached`); ``stops_running`` is False: a running
-    rank cannot be stopped or replaced, so ``item_timeout=`` is refused.
+    Facts (see :class:`parmap.backends.Backend`): it is usable only in rank 0 of
+    such a job, and on its ranks (see :meth:`usable`); ``stops_running`` is False:
+    a running rank cannot be stopped or replaced, so ``item_timeout=`` is refused.
     """
 
     name = "mpi"
@@ -106,6 +96,12 @@ class MPIBackend(Backend, metaclass=_MPIClass):
         self._ranks: list[tuple[str, int]] = []  # (host, pid) of each worker rank
         self._lock = threading.Lock()
         self._checked = 0.0
+
+    @classmethod
+    def usable(cls) -> str | None:
+        """Only in an MPI job started with ``-m mpi4py.futures`` (rank 0, or a worker rank
+        running a nested call); elsewhere there are no ranks to use."""
+        return None if cls.attached() or on_worker() else HOW_TO_START
 
     @classmethod
     def attached(cls) -> bool:
