@@ -21,7 +21,6 @@ import inspect
 import multiprocessing
 import os
 import re
-import sys
 import types
 import warnings
 from collections import deque
@@ -149,12 +148,6 @@ def evaluate(individual):
     return (float(sum(individual)),)
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 12),
-    strict=True,
-    reason="parmap's pickler has no reducer for itertools.repeat yet: on Python 3.14 a "
-    "DeltaPenalty-decorated evaluation fails to pickle (see docs/compatibility.md)",
-)
 def test_delta_penalty_travels_without_itertools_pickling():
     tools = pytest.importorskip("deap.tools")
     decorated = tools.DeltaPenalty(feasible, -5.0)(evaluate)
@@ -164,3 +157,19 @@ def test_delta_penalty_travels_without_itertools_pickling():
         again = _serialization.loads(_serialization.dumps(decorated))
     assert again(Individual([0, 1, 1])) == (2.0,)
     assert again(Individual([1, 1, 1])) == (-5.0,)
+
+
+@pytest.mark.parametrize("times", [None, 0, 1, 3])
+def test_a_repeat_pickles_with_what_it_has_left_and_stays_unchanged(times):
+    import itertools
+
+    repeat = itertools.repeat([1, 2]) if times is None else itertools.repeat([1, 2], times)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # 3.12, 3.13: 3.14's TypeError
+        again = _serialization.loads(_serialization.dumps(repeat))
+    if times is None:
+        assert [next(again) for _ in range(5)] == [[1, 2]] * 5
+        assert next(repeat) == [1, 2]
+    else:
+        assert list(again) == [[1, 2]] * times
+        assert list(repeat) == [[1, 2]] * times, "pickling advanced the original"
