@@ -316,18 +316,42 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 @pytest.fixture(scope="module")
 def scheduler_address():
-    """`dask scheduler` and two `dask worker --nthreads 1` processes on 127.0.0.1."""
+    """`dask scheduler` and two `dask worker --nthreads 1` processes on 127.0.0.1.
+
+    Started as ``python -m dask`` with this interpreter, not as ``dask`` from PATH: the
+    suite must pass in a virtual environment that is not activated.
+    """
     before = children()
     address = f"tcp://127.0.0.1:{free_port()}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
     env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
     http = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
     port = address.rsplit(":", 1)[1]
-    command = ["dask", "scheduler", "--host", "127.0.0.1", "--port", port, *http]
+    command = [
+        sys.executable,
+        "-m",
+        "dask",
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        *http,
+    ]
     processes = [subprocess.Popen(command, env=env, **quiet)]
     try:
         for name in ("w1", "w2"):
-            command = ["dask", "worker", address, "--nthreads", "1", "--nworkers", "1"]
+            command = [
+                sys.executable,
+                "-m",
+                "dask",
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+            ]
             command += ["--host", "127.0.0.1", "--name", name, *http]
             processes.append(subprocess.Popen(command, **quiet))
         with distributed.Client(address, timeout=60) as client:

@@ -357,7 +357,15 @@ class LocalCluster:
             for name in ("node-manager", "object-manager", "dashboard-agent-listen",
                          "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")
         ]  # fmt: skip
-        command = ["ray", "start", f"--node-ip-address={self.IP}", "--num-cpus=1", *ports]
+        command = [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            f"--node-ip-address={self.IP}",
+            "--num-cpus=1",
+            *ports,
+        ]
         command += ["--disable-usage-stats", f"--object-store-memory={200 * 2**20}", *args]
         proc = subprocess.Popen(
             command,
