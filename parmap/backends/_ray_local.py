@@ -73,8 +73,9 @@ _keeper_lock = threading.Lock()
 def in_a_thread_that_stays(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` in the main thread or in one that lives as long as the process.
 
-    Ray starts its raylet and GCS with ``PR_SET_PDEATHSIG``: Linux kills them when
-    the *thread* that started them ends, not the process. Started from a caller's
+    Ray starts its raylet and GCS with ``PR_SET_PDEATHSIG`` (ray-project/ray#7150):
+    Linux kills them when the *thread* that started them ends, not the process
+    (prctl(2): "the parent in this case is considered to be the thread"). Started from a caller's
     worker thread, the embedded instance died with that thread, under the calls of
     every other thread. So a call from another thread starts it from a daemon
     thread of parmap's that never ends (it waits for the next start), with SIGINT
