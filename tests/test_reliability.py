@@ -230,10 +230,22 @@ def test_a_long_run_of_shares_holds_one_generation_at_a_time(remote_backend, cen
     print(f"{remote_backend}: round 5 -> 30: workers {w5 / MB:.0f} -> {w30 / MB:.0f} MB, "
           f"caller {c5 / MB:.0f} -> {c30 / MB:.0f} MB, "
           f"/dev/shm {s5 / MB:.0f} -> {s30 / MB:.0f} MB")  # fmt: skip
-    # Holding all 25 later values would add 250 MB per worker process and to the caller.
-    assert (w30 - w5) / MB < 120, "the workers keep the values of past generations"
-    assert (c30 - c5) / MB < 60, "the caller keeps the values of past generations"
+    # Holding all 25 later values would add 250 MB per worker process and to the caller
+    # (measured before values were freed: +180 to +750 MB for the workers). Ray's object
+    # store is shared memory that its processes and the caller map: its allocator touches
+    # fresh pages for a while before it reuses freed ones (RSS levels off after about 15
+    # generations, at +20 to +120 MB), so there the store's own count is the measure.
+    engine = 300 if remote_backend == "ray" else 120
+    assert (w30 - w5) / MB < engine, "the workers keep the values of past generations"
+    assert (c30 - c5) / MB < engine / 2, "the caller keeps the values of past generations"
     assert s30 / MB <= 21, "/dev/shm keeps the files of past generations"
+    if remote_backend == "ray":
+        import ray
+
+        held = ray.cluster_resources()["object_store_memory"]
+        held -= ray.available_resources().get("object_store_memory", 0)
+        print(f"ray: the object store holds {held / MB:.0f} MB after 30 generations")
+        assert held / MB < 25, "Ray's object store keeps the values of past generations"
 
 
 @pytest.fixture(params=REMOTE)
