@@ -87,7 +87,7 @@ def test_in_process_toolbox_map_keeps_creator_identity(backend):
 
 
 GUARDED = ["--pop", "60", "--ngen", "3", "--quiet", "--faults"]
-STOPPING = [b for b in ("loky", "multiprocessing", "ray") if b in BACKENDS]
+STOPPING = [b for b in ("loky", "multiprocessing", "dask", "ray") if b in BACKENDS]
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,7 @@ SHARED_LOST_CHECK = 0.5  # seconds between asking the scheduler whether anyone s
 KILL_TIMEOUT = 30.0  # seconds to wait for the scheduler to drop killed workers
 EXIT_CODE_WAIT = 1.0  # seconds to wait for a nanny to report a dead worker's exit code
 _START_TIMEOUT = 120.0  # seconds for the embedded cluster's workers to register
+_BROADCAST_TRIES = 4  # a broadcast that workers leaving or joining made fail is sent again
 
 # The embedded cluster: nobody reads the profiler, which samples every worker every 10 ms.
 _MESSAGE_LOG = 20
@@ -331,6 +332,10 @@ class DaskEngine:
         """
         with self._lock:
             killed, self._workers_killed = self._workers_killed, False
+            if killed and session.cluster is not None and self._published:
+                # the nannies are starting workers in place of the killed ones: a
+                # broadcast to a worker that is still joining fails in the scheduler
+                session.client.wait_for_workers(session.threads, timeout=_START_TIMEOUT)
             for entry in list(self._published.values()):
                 here = entry.future.client is session.client and entry.future.status == "finished"
                 if every or killed or not here:
@@ -607,8 +612,21 @@ def _scatter_spec(client: distributed.Client, spec: CallSpec) -> distributed.Fut
 
 
 def _broadcast(client: distributed.Client, name: str, blob: bytes) -> distributed.Future:
-    """Send ``blob`` to every worker; publish it as dataset ``name`` for later workers."""
-    future = client.scatter(blob, broadcast=True, hash=False)
+    """Send ``blob`` to every worker; publish it as dataset ``name`` for later workers.
+
+    A worker that leaves or joins while the value is sent makes the scheduler fail
+    the broadcast (seen: ``KeyError`` of the worker's address in ``update_data``,
+    ``RuntimeError('ConnectionPool is closed')`` in ``replicate``): it is sent
+    again, to the workers there are then, a few times before the error stands.
+    """
+    for attempt in range(_BROADCAST_TRIES):
+        try:
+            future = client.scatter(blob, broadcast=True, hash=False)
+            break
+        except (KeyError, RuntimeError, OSError):
+            if attempt == _BROADCAST_TRIES - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
     client.publish_dataset(future, name=name, override=True)
     return future
 
