@@ -30,7 +30,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +42,15 @@ from parmap._serialization import dumps, loads
 from parmap._worker import Outcome
 from parmap.backends._base import Backend
 
-__all__ = ["Driver", "RandomState"]
+__all__ = ["Driver", "RandomState", "on_first_batch"]
 
 log = logging.getLogger("parmap")
+
+# Called once, as soon as a call's first batch is in its backend's hands (or the call
+# ends without one). parmap.scoop sets it to hand over submitted calls in their order.
+on_first_batch: ContextVar[Callable[[], None] | None] = ContextVar(
+    "parmap_on_first_batch", default=None
+)
 
 
 class RandomState:
@@ -238,6 +245,10 @@ class Driver:
                 raise
             raise error from exc
         in_flight[future] = batch
+        hook = on_first_batch.get()
+        if hook is not None:
+            on_first_batch.set(None)
+            hook()
 
     def _collect(
         self, future: cf.Future[Any], batch: Batch, in_flight: dict[cf.Future[Any], Batch]

@@ -518,6 +518,11 @@ class _ExitCodes:
             self._codes[address] = exitcode
             self._changed.notify_all()
 
+    def forget(self, address: str) -> None:
+        """A new worker listens at ``address``: an earlier one's code is not its own."""
+        with self._changed:
+            self._codes.pop(address, None)
+
     def wait_for(self, address: str, timeout: float) -> int | None:
         with self._changed:
             self._changed.wait_for(lambda: address in self._codes, timeout=timeout)
@@ -532,7 +537,15 @@ class _Nanny(distributed.Nanny):
 
     distributed only logs the exit code (dask/distributed#5465 asks for a hook);
     overriding this private method degrades to "exit code unknown" if it changes.
+    Ports are reused: a worker that starts at an address where another one died
+    clears that one's code.
     """
+
+    async def instantiate(self) -> Any:
+        status = await super().instantiate()
+        if self.worker_address:
+            _exit_codes.forget(self.worker_address)
+        return status
 
     async def _on_worker_exit(self, exitcode: int) -> Any:
         if self.worker_address:

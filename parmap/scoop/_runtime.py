@@ -33,6 +33,7 @@ from typing import Any
 
 import parmap
 from parmap import _registry
+from parmap._driver import on_first_batch
 from parmap._share import Shared
 from parmap.backends import default_workers, on_worker
 
@@ -354,17 +355,65 @@ def _run(future: Future, job: Callable[[], Any]) -> None:
         future.finish(result, None)
 
 
+class _Turns:
+    """Hands submitted calls to the backend in the order they were submitted.
+
+    Each call waits on its own thread; without turns, whichever thread is
+    scheduled first would reach the workers first. SCOOP runs submitted work
+    first come, first served, and programs see it (callbacks fire in that order
+    when the work takes as long), so a call waits until the one before it has
+    its batch on the backend (or has ended).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._issued = 0
+        self._serving = 0
+
+    def take(self) -> int:
+        with self._changed:
+            self._issued += 1
+            return self._issued - 1
+
+    def wait(self, ticket: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._serving >= ticket)
+
+    def done(self, ticket: int) -> None:
+        with self._changed:
+            if self._serving == ticket:
+                self._serving += 1
+                self._changed.notify_all()
+
+
+def _in_turn(turns: _Turns, ticket: int, future: Future, job: Callable[[], Any]) -> None:
+    passed = functools.partial(turns.done, ticket)
+    try:
+        turns.wait(ticket)
+        if future.cancelled():
+            return
+        token = on_first_batch.set(passed)
+        try:
+            _run(future, job)
+        finally:
+            on_first_batch.reset(token)
+    finally:
+        passed()  # the call ended before its batch was sent (an error, a cancel)
+
+
 class Submitter:
     """Runs submitted calls, each as a one-item parmap call on a thread.
 
     The threads only wait: the work runs on the backend's workers. At most
     ``max(4, 2 * size())`` calls are in flight; the rest queue here, where
-    ``cancel()`` can still remove them.
+    ``cancel()`` can still remove them. Calls reach the backend in the order
+    they were submitted.
     """
 
     def __init__(self) -> None:
         self._pool: cf.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._turns = _Turns()
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -372,11 +421,15 @@ class Submitter:
         """Start ``fn(*args, **kwargs)``; return its future."""
         task = CallTask(fn, constants())
         future = Future()
-        job = functools.partial(contextvars.copy_context().run, _call_one, task, args, kwargs)
+        job = functools.partial(_call_one, task, args, kwargs)
         if self._inline():
-            _run(future, job)
-        else:
-            self._threads().submit(_run, future, job)
+            contextvars.copy_context().run(_run, future, job)
+            return future
+        with self._lock:  # tickets are taken in the order jobs enter the pool's queue
+            pool = self._threads()
+            ticket = self._turns.take()
+            run = functools.partial(_in_turn, self._turns, ticket, future, job)
+            pool.submit(contextvars.copy_context().run, run)
         return future
 
     def _inline(self) -> bool:
@@ -386,12 +439,11 @@ class Submitter:
             return parmap.get_backend().name == "serial"
 
     def _threads(self) -> cf.ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = cf.ThreadPoolExecutor(
-                    max(4, 2 * size()), thread_name_prefix="parmap-scoop"
-                )
-            return self._pool
+        if self._pool is None:
+            self._pool = cf.ThreadPoolExecutor(
+                max(4, 2 * size()), thread_name_prefix="parmap-scoop"
+            )
+        return self._pool
 
     def shutdown(self, wait: bool) -> None:
         """Stop accepting work here; with ``wait``, return once submitted calls are done."""
