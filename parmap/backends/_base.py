@@ -99,6 +99,10 @@ class Backend(abc.ABC):
             ``__init__``.
         stops_running: whether ``cancel(..., stop_running=True)`` really stops
             batches that already run (False for threads, which cannot be killed).
+        shares_gil: its workers are threads of the caller's process: where the
+            interpreter has a GIL, pure-Python work runs on them one at a time,
+            so ``auto`` measures per function how well it scales on two threads
+            (the model's ``work_factor`` is then for work that runs in parallel).
     """
 
     name: ClassVar[str] = "?"
@@ -110,6 +114,7 @@ class Backend(abc.ABC):
     cluster_env: ClassVar[str | None] = None
     option_names: ClassVar[tuple[str, ...]] = ()
     stops_running: ClassVar[bool] = True
+    shares_gil: ClassVar[bool] = False
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         if workers is not None and (
