@@ -12,6 +12,14 @@ One decision::
                       in this process, when there are such
     prediction        serial: n * c; a backend: its overhead model (parmap._model)
                       + its start-up time unless it is already running
+    threads           a backend whose workers share the caller's GIL (its class's
+                      shares_gil) runs in parallel only what releases the GIL: when
+                      it would win were the work parallel, the next few items run
+                      here, in turns serially and on two threads at once (results
+                      kept): the threads' speed-up tells how much of the work is
+                      parallel (Amdahl); kept per function.
+                      Without a GIL (a free-threaded interpreter) the work is taken
+                      as parallel, unmeasured
     choice            the smallest prediction; serial unless a backend is predicted
                       SERIAL_MARGIN (1.1x) faster: a model's error near the crossover
                       should cost little, not a needless parallel call
@@ -32,13 +40,14 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from parmap import _calibration, _registry
 from parmap._batching import read_items
-from parmap._calibration import Calibration
+from parmap._calibration import Calibration, gil_enabled
 from parmap._config import getenv
 from parmap._costs import costs, on_forget
 from parmap.backends._base import default_workers
@@ -53,6 +62,8 @@ PROBE_ITEMS = 32
 SERIAL_MARGIN = 1.1  # a backend must be predicted this much faster than serial
 EXPLORE_EVERY = 8  # ... or, warm and predicted within EXPLORE_BAND of serial, be due a try
 EXPLORE_BAND = 1.25
+THREAD_PROBE_SECONDS = 1e-2  # of work per part of the scaling probe, at least ...
+THREAD_PROBE_ITEMS = 16  # ... in at most this many items per part
 
 
 @dataclass
@@ -69,6 +80,7 @@ class Decision:
     chosen: str
     calibration: Calibration | None
     probe: list[Any] = field(default_factory=list, repr=False)
+    on_threads: str = ""  # how the function scales on the caller's threads, and why
 
     def __str__(self) -> str:
         n = f"{self.n_items + len(self.probe):,}" + ("" if self.n_exact else "+")
@@ -77,6 +89,8 @@ class Decision:
             f"({self.cost_source}); predictions for the {self.n_items:,} left:",
             f"  calibration: {self.calibration.describe() if self.calibration else 'none'}",
         ]
+        if self.on_threads:
+            lines.append(f"  on the caller's threads: {self.on_threads}")
         for name, seconds in sorted(self.predictions.items(), key=lambda kv: kv[1]):
             mark = "->" if name == self.chosen else "  "
             start = self.startup.get(name, 0.0)
@@ -100,6 +114,7 @@ def plan(
     workers: int | None,
     probe: Callable[[int], list[Any]],
     options: frozenset[str] = frozenset(),
+    probe_threads: Callable[[Sequence[Any], int], tuple[list[Any], float]] | None = None,
 ) -> tuple[Decision, Iterator[Any], int | None]:
     """Decide one call.
 
@@ -113,6 +128,11 @@ def plan(
             initializer semantics); its timing lands in the cost memory.
         options: backend options the call sets (e.g. ``address``): only backends
             that take them are candidates.
+        probe_threads: runs the given items (the next ones; the index of the
+            first given) here, partly serially and partly on two threads at once;
+            returns their results and the threads' speed-up over serial: how the
+            function scales on threads, measured when it matters (see the module
+            docstring).
 
     Returns:
         The decision (its ``probe`` holds the results already computed), the
@@ -132,9 +152,60 @@ def plan(
     rest, n_rest, exact = _count(items, remaining, len(probed))
     workers = workers or _default_workers()
     decision = decide(fn_name, n_rest, exact, cost, source, workers, options)
+    size = _thread_probe_size(cost, n_rest)
+    if probe_threads is not None and size and _scaling_unknown(fn_name, decision):
+        chunk = read_items(rest, size, len(probed))
+        results, speedup = probe_threads(chunk, len(probed))
+        probed += results
+        n_rest -= len(chunk)
+        _bounded(_thread_speedups)[fn_name] = speedup
+        decision = decide(fn_name, n_rest, exact, cost, source, workers, options)
+        if decision.on_threads:
+            decision.on_threads += f" (measured on {len(chunk)} items)"
     decision.probe = probed
     log.debug("%s", decision)
     return decision, rest, n_rest if exact else None
+
+
+def _scaling_unknown(fn_name: str, decision: Decision) -> bool:
+    """Whether auto chose a backend whose workers share the GIL, for a function whose
+    scaling on threads it only assumed (taken as parallel, the best case): measure it."""
+    chosen = decision.chosen
+    if chosen == "serial" or fn_name in _thread_speedups or not gil_enabled():
+        return False
+    return _registry.backend_class(chosen).shares_gil
+
+
+def _thread_probe_size(cost: float, n_rest: int) -> int:
+    """Items for the scaling probe: ten parts (four serial, three pairs on two threads at
+    once) of THREAD_PROBE_SECONDS of work each, at least one item each, never over half
+    of what is left; 0 when that is under 4 items (too few to tell: taken as parallel).
+    Nothing is lost: the results are the call's, and even work that holds the GIL runs
+    on two threads about as fast as serially."""
+    per_part = min(THREAD_PROBE_ITEMS, max(1, math.ceil(THREAD_PROBE_SECONDS / max(cost, 1e-9))))
+    size = min(10 * per_part, n_rest // 2)
+    return size if size >= 4 else 0
+
+
+def parallel_fraction(fn_name: str) -> tuple[float, str]:
+    """The share of ``fn``'s work that runs in parallel on the caller's threads, and why.
+
+    From the two-thread speed-up ``s`` that the probe measured, by Amdahl's law
+    (``s = 1 / ((1 - f) + f / 2)``); 1 without a GIL, or before any measurement.
+    """
+    if not gil_enabled():
+        return 1.0, "this interpreter has no GIL: threads run Python code in parallel"
+    speedup = _thread_speedups.get(fn_name)
+    if speedup is None:
+        return 1.0, "not measured yet (taken as parallel)"
+    fraction = min(1.0, max(0.0, 2.0 * (1.0 - 1.0 / speedup)))
+    if fraction >= 0.6:
+        why = "it releases the GIL, so threads run it in parallel"
+    elif fraction > 0.2:
+        why = "it releases the GIL for part of its work"
+    else:
+        why = "it holds the GIL, so threads run it one at a time"
+    return fraction, f"{speedup:.2f}x the serial speed on 2 threads: {why}"
 
 
 def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool:
@@ -194,7 +265,13 @@ def decide(
         if startup + model.fixed >= serial_seconds:
             continue  # cannot win: skip the batch simulation
         correction = _corrections.get((fn_name, name), 1.0)
-        predictions[name] = model.predict(n_items, cost) * correction + startup
+        predicted = model.predict(n_items, cost)
+        if _registry.backend_class(name).shares_gil:
+            fraction, decision.on_threads = parallel_fraction(fn_name)
+            # the work that does not run in parallel takes its serial time
+            rounds = math.ceil(n_items / workers)
+            predicted += model.work_factor * cost * (1.0 - fraction) * (n_items - rounds)
+        predictions[name] = predicted * correction + startup
         decision.startup[name] = startup
     best = min((n for n in predictions if n != "serial"), key=predictions.__getitem__, default="")
     if not best:
@@ -222,6 +299,7 @@ def _explore(fn_name: str, name: str, decision: Decision) -> bool:
 
 
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
+_thread_speedups: dict[str, float] = {}  # fn -> its speed-up on two of the caller's threads
 _first_calls: set[tuple[str, str]] = set()
 _explored: dict[tuple[str, str], int] = {}
 _FEEDBACK_ENTRIES = 4096
@@ -240,6 +318,7 @@ def forget(fn_name: str) -> None:
     for table in (_corrections, _explored):
         for key in [key for key in list(table) if key[0] == fn_name]:
             table.pop(key, None)
+    _thread_speedups.pop(fn_name, None)
     for key in [key for key in list(_first_calls) if key[0] == fn_name]:
         _first_calls.discard(key)
 

@@ -174,8 +174,29 @@ def read(path: Path) -> Calibration | None:
     if document.get("schema") != SCHEMA:
         log.warning("parmap: calibration %s is of another version; measuring again", path)
         return None
-    models = {k: OverheadModel.from_dict(v) for k, v in document["models"].items()}
+    models = {k: _overheads_only(OverheadModel.from_dict(v)) for k, v in document["models"].items()}
     return Calibration(models, document.get("startup", {}), document.get("created"), str(path))
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter runs Python code one thread at a time (a free-threaded
+    build says no, unless a module turned the GIL back on)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def _overheads_only(model: OverheadModel) -> OverheadModel:
+    """A model of a backend whose workers share the GIL, fitted on work that (under a GIL)
+    could not run in parallel on them: its work factor says so, not how parallel work
+    runs there. Keep its overheads and its class's work factor; ``auto`` measures how each
+    function scales on threads itself (see ``parmap._auto``)."""
+    try:
+        cls = _registry.backend_class(model.backend)
+    except Exception:  # not installed here any more: auto will not consider it
+        return model
+    if not cls.shares_gil or not cls.default_model or not gil_enabled():
+        return model
+    return dataclasses.replace(model, work_factor=cls.default_model["work_factor"])
 
 
 _loaded: dict[tuple[str, int], Calibration] = {}  # ($PARMAP_CALIBRATION, workers) -> it

@@ -24,8 +24,10 @@ resolution was a third of the call.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field, replace
@@ -121,6 +123,65 @@ def _in_place(
         seconds = time.perf_counter() - started
         costs.sample("name:" + (name or cost_name(fn)), len(items), seconds)
     return results
+
+
+PROBE_ROUNDS = 3  # serial, two threads, serial, two threads, ... serial: the median round
+
+
+def _thread_probe(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    star: bool,
+    start: int,
+    spec: CallSpec | None,
+) -> tuple[list[Any], float]:
+    """How ``fn`` scales on two threads, measured on ``items`` (at least 4) cut in equal
+    parts that run here in turns: one part alone (timed: the serial reference), then two
+    parts at once on two new threads, for up to PROBE_ROUNDS rounds, then one part
+    alone. Each round's speed-up is against the faster of the serial parts around it
+    (other load on the machine then errs towards not using threads); the median
+    round's, at most 2, is returned with the results, in order.
+
+    Each thread counts as a worker (a nested call runs in place). The timings are
+    not folded into the cost memory: the threads' are contended ones.
+
+    Raises:
+        Exception: what ``fn`` raised on the first failing item, as in place.
+    """
+    n_parts = 3 * max(1, min(PROBE_ROUNDS, (len(items) - 1) // 3)) + 1
+    cuts = [len(items) * k // n_parts for k in range(n_parts + 1)]
+    parts = [items[a:b] for a, b in itertools.pairwise(cuts)]
+    spec = spec or CallSpec("local", fn, star)
+    outcomes: list[Outcome | None] = [None] * n_parts
+
+    def run(part: int) -> None:
+        with _worker.running_here():
+            outcomes[part] = execute(spec, fn, parts[part])
+
+    def timed(*group: int) -> float:
+        pair = [threading.Thread(target=run, args=(part,), name="parmap-probe") for part in group]
+        began = time.perf_counter()
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+        return time.perf_counter() - began
+
+    serial = [timed(0) / max(1, len(parts[0]))]
+    speedups = []
+    for first in range(1, n_parts - 1, 3):
+        threaded = timed(first, first + 1)
+        serial.append(timed(first + 2) / max(1, len(parts[first + 2])))
+        done = len(parts[first]) + len(parts[first + 1])
+        speedups.append(min(serial[-2:]) * done / max(threaded, 1e-9))
+    results: list[Any] = []
+    for part, outcome in enumerate(outcomes):
+        assert outcome is not None
+        if outcome.error is not None:
+            raise error_from(outcome, start + cuts[part], parts[part], "serial", False,
+                             qualname(fn))  # fmt: skip
+        results += outcome.results or []
+    return results, min(2.0, sorted(speedups)[len(speedups) // 2])
 
 
 # -- the settings of one call ----------------------------------------------------------
@@ -258,8 +319,9 @@ class Call:
         spec = self._local_spec()
         probe = self._probe(spec)
         decision, self.items, self.total = _auto.plan(
-            name, self.items, self.total, settings.choice.workers, probe, settings.explicit
-        )
+            name, self.items, self.total, settings.choice.workers, probe, settings.explicit,
+            self._probe_threads(spec),
+        )  # fmt: skip
         self.decision, self.sequence = decision, None
         self.settings = replace(settings, choice=replace(settings.choice, name=decision.chosen))
 
@@ -271,6 +333,20 @@ class Call:
             results = _in_place(self.fn, chunk, self.star, None, len(self.probed), spec)
             self.probed.extend(results)
             return results
+
+        return probe
+
+    def _probe_threads(
+        self, spec: CallSpec | None
+    ) -> Callable[[Sequence[Any], int], tuple[list[Any], float]]:
+        """Measure how ``fn`` scales on two threads on the given items (the call's next:
+        their results are kept; see :func:`_thread_probe`); return the results and the
+        speed-up."""
+
+        def probe(chunk: Sequence[Any], start: int) -> tuple[list[Any], float]:
+            results, speedup = _thread_probe(self.fn, chunk, self.star, start, spec)
+            self.probed.extend(results)
+            return results, speedup
 
         return probe
 
@@ -475,8 +551,8 @@ def explain(
     """
     call = Call(fn, _zip(iterables), Settings.resolve(fn, {"workers": workers}),
                 len(iterables) > 1, _total(iterables))  # fmt: skip
-    decision, _, _ = _auto.plan(cost_name(fn), call.items, call.total, workers,
-                                call._probe(None))  # fmt: skip
+    decision, _, _ = _auto.plan(cost_name(fn), call.items, call.total, workers, call._probe(None),
+                                probe_threads=call._probe_threads(None))  # fmt: skip
     if file is not None:
         print(decision, file=file)
     return decision
