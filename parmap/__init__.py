@@ -11,6 +11,7 @@ from parmap._call import explain
 from parmap._config import BackendChoice, config, get_backend
 from parmap._errors import (
     BackendNotInstalledError,
+    ItemTimeoutError,
     ParmapError,
     SerializationError,
     TimeoutError,
@@ -28,6 +29,7 @@ __all__ = [
     "Backend",
     "BackendChoice",
     "BackendNotInstalledError",
+    "ItemTimeoutError",
     "ParmapError",
     "SerializationError",
     "Shared",

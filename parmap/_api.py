@@ -37,6 +37,8 @@ def parmap(
     initializer: Callable[..., Any] | None = None,
     initargs: tuple[Any, ...] = (),
     address: str | None = None,
+    item_timeout: float | None = None,
+    return_exceptions: bool | None = None,
 ) -> list[Any]:
     """Apply ``fn`` to every item in parallel and return the results as a list.
 
@@ -60,9 +62,20 @@ def parmap(
         initializer: called once in each worker process before its first item.
         initargs: arguments for ``initializer``.
         address: a cluster's address, for backends that connect to one (ray, dask).
+        item_timeout: seconds each item may run; an item that runs longer is
+            stopped (its worker is stopped and replaced, the rest of its batch
+            runs elsewhere) and fails with :class:`parmap.ItemTimeoutError`.
+            Also ``config()`` and ``$PARMAP_ITEM_TIMEOUT``. Needs a backend that
+            runs ``fn`` in worker processes.
+        return_exceptions: each failed item's exception (``fn``'s own, with the
+            worker's traceback as its cause, an ``ItemTimeoutError``, or a
+            ``WorkerCrashedError`` once retries are spent) stands in the item's
+            place in the results, and the call goes on (``KeyboardInterrupt`` and
+            ``SystemExit`` still stop it). Also ``config()`` and
+            ``$PARMAP_RETURN_EXCEPTIONS``.
 
     Returns:
-        The list of ``fn``'s results.
+        The list of ``fn``'s results (and, with ``return_exceptions``, exceptions).
 
     Raises:
         Exception: whatever ``fn`` raised, with its own type, the worker's
@@ -73,6 +86,8 @@ def parmap(
         WorkerCrashedError: a worker process died.
         WorkerInitializationError: ``initializer`` raised.
         TimeoutError: ``timeout`` passed (a builtin ``TimeoutError`` too).
+        ItemTimeoutError: an item ran longer than ``item_timeout`` (without
+            ``return_exceptions``; a builtin ``TimeoutError`` too).
     """
     if (
         len(iterables) == 1
@@ -83,6 +98,8 @@ def parmap(
         and retries is None
         and initializer is None
         and address is None
+        and item_timeout is None
+        and return_exceptions is None
     ):  # the common small call: maybe nothing to decide
         results = quick(fn, iterables[0], backend)
         if results is not None:
@@ -104,6 +121,8 @@ def imap(
     initializer: Callable[..., Any] | None = None,
     initargs: tuple[Any, ...] = (),
     address: str | None = None,
+    item_timeout: float | None = None,
+    return_exceptions: bool | None = None,
 ) -> Iterator[Any]:
     """Like :func:`parmap`, but return an iterator that streams the results.
 
@@ -124,6 +143,9 @@ def imap(
         initializer: see :func:`parmap`.
         initargs: see :func:`parmap`.
         address: see :func:`parmap`.
+        item_timeout: see :func:`parmap`.
+        return_exceptions: see :func:`parmap`; the exceptions are yielded in
+            their items' places (or as they complete, with ``ordered=False``).
 
     Returns:
         An iterator over ``fn``'s results.

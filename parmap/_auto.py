@@ -114,6 +114,8 @@ def plan(
     workers: int | None,
     probe: Callable[[int], list[Any]],
     options: frozenset[str] = frozenset(),
+    *,
+    stops: bool = False,
     probe_threads: Callable[[Sequence[Any], int], tuple[list[Any], float]] | None = None,
 ) -> tuple[Decision, Iterator[Any], int | None]:
     """Decide one call.
@@ -128,6 +130,8 @@ def plan(
             initializer semantics); its timing lands in the cost memory.
         options: backend options the call sets (e.g. ``address``): only backends
             that take them are candidates.
+        stops: the call needs a backend that can stop a running item
+            (``item_timeout=``): serial is out, and so are backends that cannot.
         probe_threads: runs the given items (the next ones; the index of the
             first given) here, partly serially and partly on two threads at once;
             returns their results and the threads' speed-up over serial: how the
@@ -151,7 +155,7 @@ def plan(
     remaining = None if total is None else max(0, total - len(probed))
     rest, n_rest, exact = _count(items, remaining, len(probed))
     workers = workers or _default_workers()
-    decision = decide(fn_name, n_rest, exact, cost, source, workers, options)
+    decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
     size = _thread_probe_size(cost, n_rest)
     if probe_threads is not None and size and _scaling_unknown(fn_name, decision):
         chunk = read_items(rest, size, len(probed))
@@ -159,7 +163,7 @@ def plan(
         probed += results
         n_rest -= len(chunk)
         _bounded(_thread_speedups)[fn_name] = speedup
-        decision = decide(fn_name, n_rest, exact, cost, source, workers, options)
+        decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
         if decision.on_threads:
             decision.on_threads += f" (measured on {len(chunk)} items)"
     decision.probe = probed
@@ -248,21 +252,28 @@ def decide(
     source: str,
     workers: int,
     options: frozenset[str] = frozenset(),
+    *,
+    stops: bool = False,
 ) -> Decision:
-    """Predict each candidate and choose (see the module docstring)."""
+    """Predict each candidate and choose (see the module docstring).
+
+    With ``stops`` (``item_timeout=``), serial is not a choice: the fastest
+    backend that can stop a running item is.
+    """
     serial_seconds = n_items * cost
     predictions = {"serial": serial_seconds}
     decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
     calibration = _calibration.load(workers)
     decision.calibration = calibration
-    if n_items < 2 or serial_seconds * EXPLORE_BAND <= calibration.floor(n_items, cost, workers):
+    floor = calibration.floor(n_items, cost, workers)
+    if not stops and (n_items < 2 or serial_seconds * EXPLORE_BAND <= floor):
         return decision  # no backend can win: skip the candidates
-    for name in candidates(options):
+    for name in candidates(options, stops=stops):
         model = calibration.model(name, workers)
         if model is None:
             continue
         startup = 0.0 if _running(name) else calibration.startup.get(name, 0.0)
-        if startup + model.fixed >= serial_seconds:
+        if not stops and startup + model.fixed >= serial_seconds:
             continue  # cannot win: skip the batch simulation
         correction = _corrections.get((fn_name, name), 1.0)
         predicted = model.predict(n_items, cost)
@@ -274,6 +285,14 @@ def decide(
         predictions[name] = predicted * correction + startup
         decision.startup[name] = startup
     best = min((n for n in predictions if n != "serial"), key=predictions.__getitem__, default="")
+    if stops:
+        if not best:
+            raise ValueError(
+                "item_timeout needs a backend that runs fn in worker processes, which it "
+                "can stop; backend='auto' found none installed and calibrated"
+            )
+        decision.chosen = best
+        return decision
     if not best:
         return decision
     clear_win = predictions[best] * SERIAL_MARGIN < serial_seconds  # models err: no close calls
@@ -347,14 +366,15 @@ def learn(decision: Decision, seconds: float) -> None:
     log.debug("parmap auto: %s on %s took %s, predicted %s", *key, _fmt(seconds), _fmt(predicted))
 
 
-def candidates(options: frozenset[str] = frozenset()) -> list[str]:
+def candidates(options: frozenset[str] = frozenset(), *, stops: bool = False) -> list[str]:
     """The backends ``auto`` may choose now: those whose cluster is named or attached
     (see :attr:`parmap.backends.Backend.cluster_env`) if any, else every one allowed;
-    of those, the ones that take ``options``."""
+    of those, the ones that take ``options`` (and with ``stops``, that can stop a
+    running item)."""
     allowed = {
         name: cls
         for name, cls in _registry.installed_classes().items()
-        if cls.auto and options <= set(cls.option_names)
+        if cls.auto and options <= set(cls.option_names) and (cls.stops_running or not stops)
     }
     clusters = [
         name

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 import sys
 import threading
 import time
@@ -39,7 +40,7 @@ from parmap._config import BackendChoice
 from parmap._costs import cost_name, costs, qualname
 from parmap._driver import Driver, RandomState
 from parmap._errors import SerializationError
-from parmap._failures import error_from, item_repr
+from parmap._failures import error_from, in_place, item_repr
 from parmap._serialization import digest, dumps, dumps_function
 from parmap._share import publishing
 from parmap._worker import CallSpec, Outcome, execute, run_items
@@ -50,9 +51,10 @@ __all__ = ["CALL_OPTIONS", "Call", "explain", "quick"]
 # The options of parmap(), imap() and starmap(), besides fn and the iterables.
 CALL_OPTIONS = (
     "backend", "workers", "chunksize", "ordered", "progress", "timeout", "retries",
-    "initializer", "initargs", "address",
+    "initializer", "initargs", "address", "item_timeout", "return_exceptions",
 )  # fmt: skip
 _CONTEXT_SETTINGS = ("chunksize", "retries", "timeout", "progress")  # config() only
+_ITEM_SETTINGS = ("item_timeout", "return_exceptions")  # config() or the environment
 _BACKEND_OPTIONS = ("address", "start_method")  # go to backends that take them
 
 
@@ -74,8 +76,8 @@ def quick(fn: Callable[..., Any], iterable: Iterable[Any], backend: str | None) 
         if _worker.on_worker():
             return None
         backend = _config.getenv("PARMAP_BACKEND").strip()
-    if _config.getenv("PARMAP_WORKERS"):  # to be checked, and auto to count with
-        return None
+    if _config.getenv("PARMAP_WORKERS") or _item_settings_in_environment():
+        return None  # to be checked, and auto to count with
     items: Sequence[Any] = iterable  # type: ignore[assignment]
     if backend == "serial":
         return _in_place(fn, items, False)
@@ -90,6 +92,10 @@ def quick(fn: Callable[..., Any], iterable: Iterable[Any], backend: str | None) 
             _serial_verdicts.clear()
         _serial_verdicts[verdict] = costs.version
     return _in_place(fn, items, False, name)
+
+
+def _item_settings_in_environment() -> bool:
+    return any(_config.getenv(_config.ENV_VARS[key]) for key in _ITEM_SETTINGS)
 
 
 # (cost name, items) -> costs.version when auto found serial unbeatable for them: the
@@ -107,7 +113,8 @@ def _in_place(
 ) -> list[Any]:
     """Run items here, in this thread, through the worker's own loop: same errors.
 
-    ``spec``: the call's local spec when it has an initializer (run once, here).
+    ``spec``: the call's local spec when it has an initializer (run once, here) or
+    keeps going past an item's exception (``return_exceptions``).
     """
     started = time.perf_counter()
     if spec is None:
@@ -122,6 +129,9 @@ def _in_place(
     if items:
         seconds = time.perf_counter() - started
         costs.sample("name:" + (name or cost_name(fn)), len(items), seconds)
+    if spec is not None and spec.keep_going:
+        where = f"serial worker pid {os.getpid()}"
+        in_place(results, start, items, where, False, qualname(fn))
     return results
 
 
@@ -199,6 +209,8 @@ class Settings:
     retries: int = 0
     initializer: Callable[..., Any] | None = None
     initargs: tuple[Any, ...] = ()
+    item_timeout: float | None = None
+    return_exceptions: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)
     explicit: frozenset[str] = frozenset()  # backend options given as arguments
 
@@ -225,6 +237,10 @@ class Settings:
         settings.retries = settings.retries or 0
         settings.progress = bool(settings.progress)
         settings.initializer, settings.initargs = get("initializer"), tuple(get("initargs", ()))
+        settings.item_timeout = _config.resolve("item_timeout", get("item_timeout"))[0]
+        settings.return_exceptions = bool(
+            _config.resolve("return_exceptions", get("return_exceptions"))[0]
+        )
         for key in _BACKEND_OPTIONS:
             value = _config.resolve(key, get(key))[0]
             if value is not None:
@@ -242,11 +258,30 @@ class Settings:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if self.initializer is not None and not callable(self.initializer):
             raise TypeError(f"initializer must be callable, got {item_repr(self.initializer)}")
+        limit = self.item_timeout
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                  or not limit > 0):  # fmt: skip
+            raise ValueError(f"item_timeout must be a positive number of seconds, got {limit!r}")
+        if limit is not None and self.choice.name != _registry.AUTO:
+            cls = _registry.backend_class(self.choice.name, source=self.choice.source)
+            if not cls.stops_running:
+                raise ValueError(
+                    f"item_timeout={limit:g} cannot be enforced on the {cls.name!r} backend: "
+                    "it cannot stop a running item (a running thread of this process cannot "
+                    "be stopped, nor can the workers of an executor parmap does not own). "
+                    "Use a backend that runs fn in worker processes (loky, "
+                    "multiprocessing, ...), or backend='auto', which then chooses one"
+                )
 
     @property
     def drives(self) -> bool:
         """Whether a serial call needs the driver: a timeout or a progress bar."""
         return bool(self.timeout) or self.progress
+
+    @property
+    def local(self) -> bool:
+        """Whether a call run in place needs a spec (an initializer, or keep going)."""
+        return self.initializer is not None or self.return_exceptions
 
     def options_for(self, cls: type[Backend]) -> dict[str, Any]:
         """What this call passes to backend ``cls``: workers, and the options it takes
@@ -313,14 +348,18 @@ class Call:
     def _decide(self) -> None:
         """``auto``: serial, or the backend predicted fastest (decided once, here)."""
         name, settings = cost_name(self.fn), self.settings
-        if not settings.drives and _auto.stays_serial(name, self.total, settings.choice.workers):
+        guarded = settings.item_timeout is not None  # serial cannot stop an item
+        if (
+            not settings.drives
+            and not guarded
+            and _auto.stays_serial(name, self.total, settings.choice.workers)
+        ):
             self.settings = replace(settings, choice=replace(settings.choice, name="serial"))
             return
         spec = self._local_spec()
-        probe = self._probe(spec)
         decision, self.items, self.total = _auto.plan(
-            name, self.items, self.total, settings.choice.workers, probe, settings.explicit,
-            self._probe_threads(spec),
+            name, self.items, self.total, settings.choice.workers, self._probe(spec),
+            settings.explicit, stops=guarded, probe_threads=self._probe_threads(spec),
         )  # fmt: skip
         self.decision, self.sequence = decision, None
         self.settings = replace(settings, choice=replace(settings.choice, name=decision.chosen))
@@ -351,8 +390,9 @@ class Call:
         return probe
 
     def _local_spec(self) -> CallSpec | None:
-        """The spec that runs the initializer here (once per initializer and arguments)."""
-        if self.settings.initializer is None:
+        """The spec that runs the initializer here (once per initializer and arguments),
+        or keeps going past an item's exception; None when neither is needed."""
+        if not self.settings.local:
             return None
         return _local(self.fn, self.star, self.settings)
 
@@ -433,7 +473,9 @@ class Call:
         driver = Driver(backend, prepared, self.items, batcher, qualname(self.fn),
                         start=len(self.probed), ordered=settings.ordered, progress=bar,
                         timeout=settings.timeout, retries=settings.retries,
-                        started=self.started, random_state=keep)  # fmt: skip
+                        started=self.started, random_state=keep,
+                        return_exceptions=settings.return_exceptions,
+                        item_timeout=settings.item_timeout)  # fmt: skip
         driver.done_items = len(self.probed)
         return driver
 
@@ -490,19 +532,24 @@ def _spec(
         if init is not None:
             init_blob = _dumps_or_raise((init, settings.initargs), "initializer", dumps_function)
     token = digest(fn_blob)
-    spec = CallSpec(token, fn_blob, star, digest(init_blob) if init_blob else None, init_blob)
+    spec = CallSpec(token, fn_blob, star, digest(init_blob) if init_blob else None, init_blob,
+                    settings.item_timeout, settings.return_exceptions)  # fmt: skip
     return spec, (token, name_key)
 
 
 def _local(fn: Callable[..., Any], star: bool, settings: Settings) -> CallSpec:
     """The spec of a call that runs here, on live objects: an initializer is known by
     its identity and arguments (it is never pickled), and runs once per process."""
-    init = settings.initializer
+    init, limit, keep_going = (
+        settings.initializer,
+        settings.item_timeout,
+        settings.return_exceptions,
+    )
     if init is None:
-        return CallSpec("local", fn, star)
+        return CallSpec("local", fn, star, None, None, limit, keep_going)
     token = f"local:{id(init)}:{digest(_dumps_or_raise(settings.initargs, 'initargs'))}"
     _local_initializers[token] = init  # keeps the id from being reused
-    return CallSpec("local", fn, star, token, (init, settings.initargs))
+    return CallSpec("local", fn, star, token, (init, settings.initargs), limit, keep_going)
 
 
 _local_initializers: dict[str, Any] = {}

@@ -23,12 +23,15 @@ from parmap import _registry
 __all__ = ["BackendChoice", "config", "current_options", "get_backend", "getenv", "resolve"]
 
 CONFIG_KEYS = frozenset(
-    {"backend", "workers", "chunksize", "retries", "timeout", "progress", "address", "start_method"}
-)
+    {"backend", "workers", "chunksize", "retries", "timeout", "progress", "address",
+     "start_method", "item_timeout", "return_exceptions"}
+)  # fmt: skip
 ENV_VARS = {
     "backend": "PARMAP_BACKEND",
     "workers": "PARMAP_WORKERS",
     "start_method": "PARMAP_START_METHOD",
+    "item_timeout": "PARMAP_ITEM_TIMEOUT",
+    "return_exceptions": "PARMAP_RETURN_EXCEPTIONS",
 }
 _context: ContextVar[Mapping[str, Any]] = ContextVar("parmap_config", default=MappingProxyType({}))
 
@@ -42,7 +45,8 @@ def config(**options: Any) -> Iterator[None]:
 
     Args:
         **options: any of ``backend``, ``workers``, ``chunksize``, ``retries``,
-            ``timeout``, ``progress``, ``address``, ``start_method``.
+            ``timeout``, ``progress``, ``address``, ``start_method``,
+            ``item_timeout``, ``return_exceptions``.
 
     Raises:
         TypeError: for an option parmap does not know.
@@ -78,7 +82,8 @@ def resolve(key: str, explicit: Any = None) -> tuple[Any, str]:
     env = ENV_VARS.get(key)
     raw = getenv(env).strip() if env else ""
     if raw:
-        return (_parse_workers(raw) if key == "workers" else raw), "environment"
+        parse = _PARSERS.get(key)
+        return (parse(raw) if parse else raw), "environment"
     return None, "default"
 
 
@@ -107,6 +112,32 @@ def _parse_workers(raw: str) -> int:
     if value < 1:
         raise ValueError(f"$PARMAP_WORKERS={raw!r} must be at least 1")
     return value
+
+
+def _parse_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"$PARMAP_ITEM_TIMEOUT={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _parse_flag(raw: str) -> bool:
+    flag = raw.strip().lower()
+    if flag in ("1", "true", "yes", "on"):
+        return True
+    if flag in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"$PARMAP_RETURN_EXCEPTIONS={raw!r}: use 1 or 0 (true/false, yes/no)")
+
+
+_PARSERS = {
+    "workers": _parse_workers,
+    "item_timeout": _parse_seconds,
+    "return_exceptions": _parse_flag,
+}
 
 
 @dataclass(frozen=True)

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
 import random
 import time
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parmap._batching import Batcher, read_items
 from parmap._errors import SerializationError, TimeoutError, WorkerCrashedError
-from parmap._failures import error_from, item_repr, span
+from parmap._failures import error_from, in_place, item_repr, item_timeout, span
 from parmap._serialization import dumps, loads
 from parmap._worker import Outcome
 from parmap.backends._base import Backend
@@ -71,13 +72,20 @@ class RandomState:
 
 @dataclass
 class Batch:
-    """One batch of a call: where its items start, the items, what was sent."""
+    """One batch of a call: where its items start, the items, what was sent.
+
+    A batch whose item timed out (``item_timeout=``, with ``return_exceptions``)
+    goes on as a batch of the items after that one, under the same ``seq``; its
+    ``done`` holds the results of the parts that came back.
+    """
 
     seq: int
     start: int
     items: Sequence[Any]
     payload: Any
     attempts: int = 0
+    done: list[Any] = field(default_factory=list)
+    exposed: bool = False  # in flight when a stuck worker was stopped: a crash is not its own
 
     def span(self) -> str:
         return span(self.start, len(self.items))
@@ -98,6 +106,9 @@ class Driver:
         timeout: seconds for the whole call, counted from ``started``.
         retries: times a batch lost with its worker is sent again.
         random_state: the caller's ``random`` state to keep, or None.
+        return_exceptions: an item's exception (or ItemTimeoutError, or a
+            WorkerCrashedError once retries are spent) is its result.
+        item_timeout: the seconds each item may run (the workers watch it).
     """
 
     def __init__(
@@ -115,6 +126,8 @@ class Driver:
         retries: int = 0,
         started: float | None = None,
         random_state: RandomState | None = None,
+        return_exceptions: bool = False,
+        item_timeout: float | None = None,
     ) -> None:
         self.backend = backend
         self.prepared = prepared
@@ -128,6 +141,8 @@ class Driver:
         self.retries = retries
         self.started = time.monotonic() if started is None else started
         self.random_state = random_state
+        self.return_exceptions = return_exceptions
+        self.item_timeout = item_timeout
         self.done_items = 0
 
     def batches(self) -> Generator[list[Any], None, None]:
@@ -178,11 +193,13 @@ class Driver:
             for future in sorted(done, key=lambda f: in_flight[f].seq):
                 batch = in_flight.pop(future)
                 results = self._collect(future, batch, in_flight)
-                if results is None:  # resubmitted after a crash
+                if results is None:  # sent again: after a crash, or the rest of a batch
                     continue
                 self.done_items += len(results)
                 if self.bar is not None:
                     self.bar.update(len(results))
+                if batch.done:  # the parts of a batch that timed out and went on
+                    results = batch.done + results
                 if self.ordered:
                     ready[batch.seq] = results
                 else:
@@ -225,32 +242,94 @@ class Driver:
     def _collect(
         self, future: cf.Future[Any], batch: Batch, in_flight: dict[cf.Future[Any], Batch]
     ) -> list[Any] | None:
+        """One finished batch's results; None if it was sent again (or went on)."""
         try:
             raw = future.result()
         except BaseException as exc:
             error = self.backend.translate(exc, future)
             if isinstance(error, WorkerCrashedError):
-                if batch.attempts < self.retries:
-                    batch.attempts += 1
-                    log.warning("parmap: %s; retrying items %s", error, batch.span())
-                    self._submit(batch, in_flight)
-                    return None
-                raise self._crashed(error, batch, in_flight) from exc
+                return self._lost(error, exc, batch, in_flight)
             if error is exc:
                 raise
             raise error from exc
         outcome: Outcome = loads(raw) if isinstance(raw, bytes) else raw
+        if outcome.stuck:  # a thread there still runs the item that timed out
+            self._stop_worker(future, outcome, in_flight)
         if outcome.error is not None:
-            raise error_from(
-                outcome,
-                batch.start,
-                batch.items,
-                self.backend.name,
-                self.backend.serializes,
-                self.fn_name,
-            )
+            return self._stopped(outcome, batch, in_flight)
         self.batcher.observe(len(batch.items), outcome.seconds)
-        return outcome.results
+        results = outcome.results or []
+        if self.return_exceptions:
+            where = f"{self.backend.name} worker pid {outcome.pid or os.getpid()}"
+            in_place(results, batch.start, batch.items, where, self.backend.serializes,
+                     self.fn_name)  # fmt: skip
+        return results
+
+    def _lost(
+        self,
+        error: WorkerCrashedError,
+        cause: BaseException,
+        batch: Batch,
+        in_flight: dict[cf.Future[Any], Batch],
+    ) -> list[Any] | None:
+        """A batch lost with its worker: sent again while retries last (a batch caught in
+        the stop of another's stuck worker is sent again for free), else the error."""
+        if batch.exposed or batch.attempts < self.retries:
+            if not batch.exposed:
+                batch.attempts += 1
+                log.warning("parmap: %s; retrying items %s", error, batch.span())
+            batch.exposed = False
+            self._submit(batch, in_flight)
+            return None
+        crashed = self._crashed(error, batch, in_flight)
+        if not self.return_exceptions:
+            raise crashed from cause
+        lost = WorkerCrashedError(
+            str(crashed),
+            exitcode=error.exitcode,
+            items=range(batch.start, batch.start + len(batch.items)),
+        )
+        return [lost] * len(batch.items)  # fmt: skip
+
+    def _stopped(
+        self, outcome: Outcome, batch: Batch, in_flight: dict[cf.Future[Any], Batch]
+    ) -> list[Any] | None:
+        """A batch stopped by an error record: raise it, or with an item that timed out
+        and ``return_exceptions``, keep its error and send the items after it on."""
+        record = outcome.error
+        assert record is not None
+        name, serializes = self.backend.name, self.backend.serializes
+        if record.stage != "timeout":
+            raise error_from(outcome, batch.start, batch.items, name, serializes, self.fn_name)
+        assert record.position is not None and self.item_timeout is not None
+        timed_out = item_timeout(record, batch.start, batch.items, name, self.fn_name,
+                                 self.item_timeout)  # fmt: skip
+        if not self.return_exceptions:
+            raise timed_out
+        position = record.position
+        results = outcome.results or []
+        where = f"{name} worker pid {outcome.pid}"
+        head = in_place(results, batch.start, batch.items, where, serializes, self.fn_name)
+        rest = batch.items[position + 1 :]
+        if not rest:
+            return [*head, timed_out]
+        batch.done += [*head, timed_out]
+        self.done_items += len(head) + 1
+        if self.bar is not None:
+            self.bar.update(len(head) + 1)
+        start = batch.start + position + 1
+        after = Batch(batch.seq, start, rest, self._payload(list(rest), start), done=batch.done)
+        self._submit(after, in_flight)
+        return None
+
+    def _stop_worker(
+        self, future: cf.Future[Any], outcome: Outcome, in_flight: dict[cf.Future[Any], Batch]
+    ) -> None:
+        """Have the backend stop and replace a worker left running a timed-out item; the
+        batches in flight now may be lost with it, and are sent again if so."""
+        for other in in_flight.values():
+            other.exposed = True
+        self.backend.stop_worker(future, outcome)
 
     def _crashed(
         self, error: WorkerCrashedError, batch: Batch, in_flight: dict[Any, Batch]

@@ -11,7 +11,8 @@ item. The classes below are for failures of the machinery itself::
           ├── SerializationError         (also a PicklingError) fn/item/result won't pickle
           ├── WorkerCrashedError                                a worker process died
           ├── WorkerInitializationError                         initializer= raised
-          └── TimeoutError               (also a TimeoutError)  timeout= exceeded
+          ├── TimeoutError               (also a TimeoutError)  timeout= exceeded
+          └── ItemTimeoutError           (also a TimeoutError)  one item exceeded item_timeout=
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "BackendNotInstalledError",
+    "ItemTimeoutError",
     "ParmapError",
     "RemoteTraceback",
     "SerializationError",
@@ -74,6 +76,29 @@ class WorkerCrashedError(ParmapError):
 
 class TimeoutError(ParmapError, _BuiltinTimeoutError):
     """The call ran longer than its ``timeout=``; its running work was stopped."""
+
+
+class ItemTimeoutError(ParmapError, _BuiltinTimeoutError):
+    """One item ran longer than ``item_timeout=``; its worker was stopped and replaced.
+
+    Attributes:
+        index: the item's index in the call's input.
+        item: a short repr of the item.
+        seconds: the ``item_timeout`` it exceeded.
+    """
+
+    def __init__(self, message: str, *, index: int = -1, item: str = "", seconds: float = 0.0):
+        super().__init__(message)
+        self.index = index
+        self.item = item
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_item_timeout, (str(self), self.index, self.item, self.seconds))
+
+
+def _item_timeout(message: str, index: int, item: str, seconds: float) -> ItemTimeoutError:
+    return ItemTimeoutError(message, index=index, item=item, seconds=seconds)
 
 
 class RemoteTraceback(Exception):

@@ -7,7 +7,9 @@ engine's own error machinery. Here, in the caller, it becomes::
     stage "item"    fn's own exception, same type, the worker's traceback as
                     its __cause__ and a note naming the item, its index and
                     the worker ("parmap: raised by fn on item 37: 37 (loky
-                    worker pid 812)")
+                    worker pid 812)"); with return_exceptions, the same,
+                    kept in the item's place (an ItemFailed in the results)
+    stage "timeout" ItemTimeoutError naming the item (item_timeout=; see item_timeout)
     stage "init"    WorkerInitializationError
     stage "load"    SerializationError: the worker could not unpickle fn or items
     stage "result"  SerializationError: a result could not be pickled back
@@ -21,14 +23,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from parmap._errors import (
+    ItemTimeoutError,
     RemoteTraceback,
     SerializationError,
     WorkerInitializationError,
     add_note,
 )
-from parmap._worker import ErrorRecord, Outcome
+from parmap._worker import ErrorRecord, ItemFailed, Outcome
 
-__all__ = ["error_from", "item_repr", "span"]
+__all__ = ["error_from", "in_place", "item_error", "item_repr", "item_timeout", "span"]
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
@@ -79,11 +82,7 @@ def error_from(
     else:
         item = f"items {span(start, len(items))}"
     if record.stage == "item":
-        exc = record.exc if record.exc is not None else rebuild(record)
-        if serializes:
-            exc.__cause__ = RemoteTraceback(record.tb)
-        add_note(exc, f"parmap: raised by {fn_name} on {item} ({where})")
-        return exc
+        return item_error(record, item, where, serializes, fn_name)
     cause = record.exc if record.exc is not None and not serializes else None
     if record.stage == "init":
         error: BaseException = WorkerInitializationError(
@@ -102,6 +101,49 @@ def error_from(
         )
     error.__cause__ = cause or RemoteTraceback(record.tb)
     return error
+
+
+def item_error(
+    record: ErrorRecord, item: str, where: str, serializes: bool, fn_name: str
+) -> BaseException:
+    """fn's own exception: its type, the worker's traceback as its cause, a note."""
+    exc = record.exc if record.exc is not None else rebuild(record)
+    if serializes:
+        exc.__cause__ = RemoteTraceback(record.tb)
+    add_note(exc, f"parmap: raised by {fn_name} on {item} ({where})")
+    return exc
+
+
+def item_timeout(
+    record: ErrorRecord,
+    start: int,
+    items: Sequence[Any],
+    backend: str,
+    fn_name: str,
+    seconds: float,
+) -> ItemTimeoutError:
+    """The :class:`ItemTimeoutError` of the item a "timeout" record names."""
+    assert record.position is not None
+    index, shown = start + record.position, item_repr(items[record.position])
+    return ItemTimeoutError(
+        f"{fn_name} on item {index} ({shown}) {record.message} on the {backend} backend; "
+        "its worker was stopped and replaced",
+        index=index,
+        item=shown,
+        seconds=seconds,
+    )
+
+
+def in_place(
+    results: list[Any], start: int, items: Sequence[Any], where: str, serializes: bool,
+    fn_name: str,
+) -> list[Any]:  # fmt: skip
+    """``results`` with each :class:`ItemFailed` replaced by its exception (return_exceptions)."""
+    for position, result in enumerate(results):
+        if type(result) is ItemFailed:
+            item = f"item {start + position}: {item_repr(items[position])}"
+            results[position] = item_error(result.record, item, where, serializes, fn_name)
+    return results
 
 
 def rebuild(record: ErrorRecord) -> BaseException:

@@ -17,6 +17,7 @@ Per worker process, three small caches make repeated calls cheap:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import signal
@@ -34,6 +35,7 @@ __all__ = [
     "INLINE_SPEC_BYTES",
     "CallSpec",
     "ErrorRecord",
+    "ItemFailed",
     "Outcome",
     "holds",
     "on_worker",
@@ -88,6 +90,8 @@ class CallSpec:
     star: bool
     init_token: str | None = None
     initializer: Any = None
+    item_timeout: float | None = None  # seconds one item may run (see run_items)
+    keep_going: bool = False  # an item's exception is its result (return_exceptions)
 
     @property
     def inline(self) -> bool:
@@ -98,17 +102,18 @@ class CallSpec:
 
     def light(self) -> CallSpec:
         """This spec without its blobs: for a worker that :func:`holds` them."""
-        return CallSpec(self.fn_token, None, self.star, self.init_token, None)
+        return dataclasses.replace(self, fn=None, initializer=None)
 
 
 @dataclass
 class ErrorRecord:
     """An exception raised on a worker, made safe to send back.
 
-    ``stage`` is where it happened: ``"item"`` (fn raised), ``"init"``
-    (initializer raised), ``"load"`` (the function or items could not be
-    unpickled on the worker) or ``"result"`` (a result could not be pickled).
-    ``position`` is the index within the batch, when one item is to blame.
+    ``stage`` is where it happened: ``"item"`` (fn raised), ``"timeout"`` (an
+    item ran longer than ``item_timeout``), ``"init"`` (initializer raised),
+    ``"load"`` (the function or items could not be unpickled on the worker) or
+    ``"result"`` (a result could not be pickled). ``position`` is the index
+    within the batch, when one item is to blame.
     """
 
     stage: str
@@ -126,13 +131,32 @@ class ErrorRecord:
 
 
 @dataclass
+class ItemFailed:
+    """In a batch's results, an item whose function raised (``return_exceptions``)."""
+
+    record: ErrorRecord
+
+
+@dataclass
 class Outcome:
-    """What a batch produced: its results, or the error that stopped it."""
+    """What a batch produced: its results, or the error that stopped it.
+
+    Attributes:
+        results: every item's result; with an ``error``, None, but for a
+            ``"timeout"`` error: the results of the items before the one that ran
+            too long (the ones after it did not run).
+        seconds: how long the batch ran on the worker.
+        pid: the worker process that ran it (0: the caller's).
+        error: the record of the error that stopped the batch.
+        stuck: a thread of the worker still runs an item that timed out: the
+            worker must be stopped and replaced.
+    """
 
     results: list[Any] | None
     seconds: float
-    pid: int = 0  # of the worker process that ran it (set by run_batch)
+    pid: int = 0
     error: ErrorRecord | None = None
+    stuck: bool = False
 
 
 def run_local(spec: CallSpec, items: Sequence[Any]) -> Outcome:
@@ -158,21 +182,109 @@ def execute(spec: CallSpec, fn: Callable[..., Any], items: Sequence[Any]) -> Out
                     failed = ErrorRecord.capture("init", None, exc)
                     return Outcome(None, time.perf_counter() - started, error=failed)
                 _initialized.add(spec.init_token)
-    results, record = run_items(fn, items, spec.star)
-    done = None if record is not None else results
-    return Outcome(done, time.perf_counter() - started, error=record)
+    if spec.item_timeout is not None:
+        results, record, stuck = run_watched(fn, items, spec.star, spec.keep_going,
+                                             spec.item_timeout)  # fmt: skip
+    else:
+        (results, record), stuck = run_items(fn, items, spec.star, spec.keep_going), False
+    done = results if record is None or record.stage == "timeout" else None
+    return Outcome(done, time.perf_counter() - started, error=record, stuck=stuck)
 
 
 def run_items(
-    fn: Callable[..., Any], items: Sequence[Any], star: bool
+    fn: Callable[..., Any], items: Sequence[Any], star: bool, keep_going: bool = False
 ) -> tuple[list[Any], ErrorRecord | None]:
-    """``fn`` over ``items``: the results, and the record of the error that stopped them."""
+    """``fn`` over ``items``: the results, and the record of the error that stopped them.
+
+    With ``keep_going``, an item's ``Exception`` is kept as :class:`ItemFailed` in
+    its place and the batch goes on; a ``BaseException`` (``KeyboardInterrupt``,
+    ``SystemExit``) still stops it, as ``asyncio.gather(return_exceptions=True)``
+    does.
+    """
     results: list[Any] = []
+    if keep_going:
+        return results, _each(fn, items, star, True, results, None)
     try:  # list.extend keeps what was appended before an exception: len() is the position
         results.extend(itertools.starmap(fn, items) if star else map(fn, items))
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the caller re-raises
         return results, ErrorRecord.capture("item", len(results), exc)  # them; workers live on
     return results, None
+
+
+class _Watch:
+    """Where a watched batch is: the item running and when it started."""
+
+    __slots__ = ("done", "index", "record", "started")
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.started = time.monotonic()
+        self.record: ErrorRecord | None = None
+        self.done = threading.Event()
+
+
+def _each(
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    star: bool,
+    keep_going: bool,
+    results: list[Any],
+    watch: _Watch | None,
+) -> ErrorRecord | None:
+    """The item loop of :func:`run_items` and :func:`run_watched`, one item at a time."""
+    for position, item in enumerate(items):
+        if watch is not None:
+            watch.index, watch.started = position, time.monotonic()
+        try:
+            results.append(fn(*item) if star else fn(item))
+        except Exception as exc:
+            if not keep_going:
+                return ErrorRecord.capture("item", position, exc)
+            results.append(ItemFailed(ErrorRecord.capture("item", position, exc)))
+        except BaseException as exc:
+            return ErrorRecord.capture("item", position, exc)
+    return None
+
+
+def run_watched(
+    fn: Callable[..., Any], items: Sequence[Any], star: bool, keep_going: bool, limit: float
+) -> tuple[list[Any], ErrorRecord | None, bool]:
+    """:func:`run_items` with each item held to ``limit`` seconds of its own.
+
+    The items run on a thread of their own while this one watches the clock::
+
+        item thread                       this thread
+        for each item: note (index, now)  every limit/10 s (at most 50 ms):
+          run it                            the item running for longer than limit?
+        done                                  return the results before it, a
+                                              "timeout" record at its index, stuck
+
+    A Python thread cannot be stopped: the one left running the item makes the
+    worker ``stuck`` (the caller stops and replaces it), and the items after the
+    one that timed out did not run (the caller runs them elsewhere). The cost
+    per item is two attribute writes and a clock read; per batch, one thread.
+
+    Returns:
+        ``(results, record, stuck)``.
+    """
+    results: list[Any] = []
+    watch = _Watch()
+
+    def work() -> None:
+        try:
+            watch.record = _each(fn, items, star, keep_going, results, watch)
+        finally:
+            watch.done.set()
+
+    threading.Thread(target=work, name="parmap-item", daemon=True).start()
+    poll = min(0.05, limit / 10)
+    while not watch.done.wait(poll):
+        index, started = watch.index, watch.started
+        if time.monotonic() - started > limit:
+            message = f"ran longer than item_timeout={limit:g}s"
+            record = ErrorRecord("timeout", index, None, "parmap.ItemTimeoutError", message, "")
+            return results[:index], record, True
+    return results, watch.record, False
 
 
 def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
@@ -240,22 +352,29 @@ def _dump(outcome: Outcome) -> bytes:
 
 
 def _unpicklable(outcome: Outcome, exc: Exception) -> Outcome:
-    """Replace what would not pickle by an error record that will."""
-    if outcome.error is not None:  # the user's exception itself won't pickle
-        error = outcome.error
-        error.exc = None
-        error.tb += f"\n(the exception could not be pickled to send it back: {exc!r})"
-        return outcome
+    """Replace what would not pickle by error records that will (their text stays)."""
+    note = f"\n(the exception could not be pickled to send it back: {exc!r})"
+    if outcome.error is not None and outcome.error.exc is not None:
+        outcome.error.exc = None  # the user's exception itself won't pickle
+        outcome.error.tb += note
     for position, result in enumerate(outcome.results or ()):
         try:
             dumps(result)
         except Exception as bad:
+            if isinstance(result, ItemFailed):  # an item's exception, kept as its result
+                result.record.exc = None
+                result.record.tb += note
+                continue
             record = ErrorRecord.capture("result", position, bad)
             record.exc = None
-            return Outcome(None, outcome.seconds, outcome.pid, record)
-    record = ErrorRecord.capture("result", None, exc)
-    record.exc = None
-    return Outcome(None, outcome.seconds, outcome.pid, record)
+            return Outcome(None, outcome.seconds, outcome.pid, record, outcome.stuck)
+    try:
+        dumps(outcome)
+    except Exception as still:
+        record = ErrorRecord.capture("result", None, still)
+        record.exc = None
+        return Outcome(None, outcome.seconds, outcome.pid, record, outcome.stuck)
+    return outcome
 
 
 def prepare_pool_worker(parent_pid: int) -> None:

@@ -97,7 +97,13 @@ def census():
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for var in ("PARMAP_BACKEND", "PARMAP_WORKERS", "PARMAP_START_METHOD"):
+    for var in (
+        "PARMAP_BACKEND",
+        "PARMAP_WORKERS",
+        "PARMAP_START_METHOD",
+        "PARMAP_ITEM_TIMEOUT",
+        "PARMAP_RETURN_EXCEPTIONS",
+    ):
         monkeypatch.delenv(var, raising=False)
     # backend="auto" predicts with built-in constants in tests: no calibration run per test.
     monkeypatch.setenv("PARMAP_CALIBRATION", "defaults")

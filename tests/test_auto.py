@@ -158,7 +158,7 @@ def test_decision_math_on_a_known_calibration(monkeypatch):
     model = OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
     calibration = Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
     monkeypatch.setattr(_calibration, "load", lambda workers, **_: calibration)
-    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(): ["loky"])
+    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(), **_: ["loky"])
     cheap = _auto.decide("f", 300, True, 1e-6, "given", 2)
     heavy = _auto.decide("f", 200, True, 10e-3, "given", 2)
     assert cheap.chosen == "serial" and heavy.chosen == "loky"
@@ -169,7 +169,7 @@ def test_a_call_slower_than_predicted_corrects_later_decisions(monkeypatch):
     model = OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
     calibration = Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
     monkeypatch.setattr(_calibration, "load", lambda workers, **_: calibration)
-    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(): ["loky"])
+    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(), **_: ["loky"])
     monkeypatch.setattr(_auto, "_running", lambda name: True)
     monkeypatch.setattr(_auto, "_corrections", {})
     monkeypatch.setattr(_auto, "_first_calls", set())
@@ -190,7 +190,7 @@ def test_a_backend_predicted_close_to_serial_is_tried_and_learned(monkeypatch):
     model = OverheadModel("loky", 2, "parmap", 2e-4, fixed=6e-3)  # pessimistic
     calibration = Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")
     monkeypatch.setattr(_calibration, "load", lambda workers, **_: calibration)
-    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(): ["loky"])
+    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(), **_: ["loky"])
     monkeypatch.setattr(_auto, "_running", lambda name: True)
     for table in ("_corrections", "_explored"):
         monkeypatch.setattr(_auto, table, {})

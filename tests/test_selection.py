@@ -15,7 +15,7 @@ from parmap import _registry
 def test_public_surface_is_pinned():
     assert parmap.__all__ == sorted(parmap.__all__)
     assert set(parmap.__all__) == {
-        "Backend", "BackendChoice", "BackendNotInstalledError", "ParmapError",
+        "Backend", "BackendChoice", "BackendNotInstalledError", "ItemTimeoutError", "ParmapError",
         "SerializationError", "Shared", "TimeoutError", "UnknownBackendError",
         "WorkerCrashedError", "WorkerInitializationError", "__version__",
         "available_backends", "backend_names", "config", "explain", "get_backend", "imap", "parmap",

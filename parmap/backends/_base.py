@@ -30,7 +30,7 @@ from collections.abc import Collection, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from parmap._worker import CallSpec
+from parmap._worker import CallSpec, Outcome
 
 __all__ = ["Backend", "InlineLocator", "Locator", "default_workers"]
 
@@ -97,8 +97,10 @@ class Backend(abc.ABC):
         option_names: the options it takes besides ``workers`` (e.g.
             ``("address",)``); a call's options of those names reach
             ``__init__``.
-        stops_running: whether ``cancel(..., stop_running=True)`` really stops
-            batches that already run (False for threads, which cannot be killed).
+        stops_running: whether ``cancel(..., stop_running=True)`` and
+            :meth:`stop_worker` really stop work that already runs (False where
+            ``fn`` runs on the caller's own threads, which cannot be stopped:
+            ``item_timeout=`` is refused there).
         shares_gil: its workers are threads of the caller's process: where the
             interpreter has a GIL, pure-Python work runs on them one at a time,
             so ``auto`` measures per function how well it scales on two threads
@@ -178,6 +180,21 @@ class Backend(abc.ABC):
         """
         for future in futures:
             future.cancel()
+
+    def stop_worker(self, future: cf.Future[Any], outcome: Outcome) -> None:
+        """Stop and replace the worker that ran this batch: one of its threads still runs
+        an item that ran longer than ``item_timeout=`` (``outcome.stuck``).
+
+        Batches that worker holds may be lost with it: they fail as
+        :class:`parmap.WorkerCrashedError` and the core sends them again, free of
+        ``retries=``. By default every worker stops (:meth:`shutdown`) and the next
+        batch starts fresh ones; override it to stop that one worker only.
+
+        Args:
+            future: the batch's future, as :meth:`submit` returned it.
+            outcome: the batch's outcome; ``outcome.pid`` is the worker's process.
+        """
+        self.shutdown()
 
     def publish(self, token: str, blob: bytes) -> Locator:
         """Send a shared value to the workers once; return how they find it."""

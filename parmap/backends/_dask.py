@@ -29,7 +29,7 @@ from collections.abc import Collection
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from parmap._worker import CallSpec
+from parmap._worker import CallSpec, Outcome
 from parmap.backends._base import Backend, Locator
 
 if TYPE_CHECKING:
@@ -96,6 +96,9 @@ class DaskBackend(Backend):
 
     def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
         self.engine.cancel(futures, stop_running=stop_running)
+
+    def stop_worker(self, future: cf.Future[Any], outcome: Outcome) -> None:
+        self.engine.stop_worker(future, outcome)
 
     def publish(self, token: str, blob: bytes) -> Locator:
         return self.engine.publish(token, blob)

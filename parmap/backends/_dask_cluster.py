@@ -48,7 +48,7 @@ from distributed.client import FutureCancelledError
 
 from parmap._errors import BackendNotInstalledError, WorkerCrashedError, describe_exit
 from parmap._serialization import loads
-from parmap._worker import CallSpec, run_batch
+from parmap._worker import CallSpec, Outcome, run_batch
 from parmap.backends._base import Locator, default_workers
 from parmap.backends._dask_direct import DirectPool, WorkerLost, install_runner
 
@@ -221,11 +221,38 @@ class DaskEngine:
             _cancel_tasks(futures, session.client)
             return
         busy = session.direct.cancel(futures, stop_running=stop_running)
-        for address in busy:  # killed below: its nanny starts a worker at another address
-            session.direct.rest(address, float("inf"))
         if busy:  # a running Python function cannot be interrupted: kill its worker
-            _kill_workers(session, {str(address) for address in busy})
-            self._workers_killed = True
+            self._kill(session, {str(address) for address in busy})
+
+    def stop_worker(self, future: cf.Future[Any], outcome: Outcome) -> None:
+        """Stop the worker that ran this batch (a thread there runs a timed-out item):
+        on the embedded cluster, kill it (its nanny starts a fresh one); on a cluster
+        parmap only connected to, ask its nanny to restart it."""
+        session: _Session | None = getattr(future, "_parmap_session", None)
+        if session is None:
+            return
+        job = getattr(future, "_parmap_job", None)
+        if session.direct is not None and job is not None and job.worker is not None:
+            self._kill(session, {str(job.worker)})
+            return
+        pids = session.client.run(os.getpid)  # address -> pid, for every worker
+        stuck = [address for address, pid in pids.items() if pid == outcome.pid]
+        if stuck:
+            try:
+                session.client.restart_workers(stuck, timeout=KILL_TIMEOUT)
+            except Exception as exc:  # no nanny: nobody can restart it
+                log.warning(
+                    "parmap: could not restart Dask worker %s, which still runs an item "
+                    "that timed out (%r); restart it by hand", stuck[0], exc,
+                )  # fmt: skip
+
+    def _kill(self, session: _Session, addresses: set[str]) -> None:
+        """SIGKILL embedded workers; their nannies start fresh ones at other addresses."""
+        assert session.direct is not None
+        for address in addresses:
+            session.direct.rest(address, float("inf"))
+        _kill_workers(session, addresses)
+        self._workers_killed = True
 
     def publish(self, token: str, blob: bytes) -> Locator:
         with self._lock:

@@ -24,7 +24,7 @@ from typing import Any
 
 from parmap._errors import WorkerCrashedError, describe_exit
 from parmap._serialization import loads
-from parmap._worker import CallSpec, run_batch
+from parmap._worker import CallSpec, Outcome, run_batch
 from parmap.backends._base import Backend, Locator
 
 __all__ = ["FileLocator", "ProcessPoolBackend"]
@@ -81,9 +81,11 @@ class ProcessPoolBackend(Backend):
         return future
 
     def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
+        pool = getattr(future, "_parmap_pool", None)
+        if getattr(pool, "_parmap_stopped", False) and not isinstance(exc, BrokenProcessPool):
+            return WorkerCrashedError(f"a batch was lost when parmap stopped its {self.name} pool")
         if not isinstance(exc, BrokenProcessPool):
             return exc
-        pool = getattr(future, "_parmap_pool", None)
         exitcode = self._exitcode(exc, pool)
         if pool is not None:
             self._discard(pool)
@@ -100,10 +102,22 @@ class ProcessPoolBackend(Backend):
             return
         pools = {id(p): p for p in (getattr(f, "_parmap_pool", None) for f in running) if p}
         for pool in pools.values():
-            with self._lock:
-                if self._executor is pool:
-                    self._executor = None
-            self._kill(pool)
+            self._stop(pool)
+
+    def stop_worker(self, future: cf.Future[Any], outcome: Outcome) -> None:
+        """Kill the pool that ran the batch (a worker's death breaks the whole pool anyway);
+        the next batch starts a fresh one."""
+        pool: cf.Executor | None = getattr(future, "_parmap_pool", None)
+        if pool is not None:
+            self._stop(pool)
+
+    def _stop(self, pool: cf.Executor) -> None:
+        """Kill ``pool`` now; its batches not done are lost (see :meth:`translate`)."""
+        with self._lock:
+            if self._executor is pool:
+                self._executor = None
+        pool._parmap_stopped = True  # type: ignore[attr-defined]
+        self._kill(pool)
 
     def _kill(self, pool: cf.Executor) -> None:
         """Stop a pool now, killing its processes."""

@@ -373,17 +373,25 @@ class RayPool:
 
     def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
         running = self.dispatcher.cancel(futures, stop_running=stop_running)
-        if not running:
-            return
+        if running:  # a running actor call cannot be interrupted: kill the actor
+            self._kill(list(running))  # type: ignore[arg-type]
+
+    def stop_worker(self, future: cf.Future[Any]) -> None:
+        """Kill the actor that ran this batch (a thread there runs a timed-out item)."""
+        job: Job | None = getattr(future, "_parmap_job", None)
+        if job is not None and job.worker is not None:
+            self._kill([job.worker])  # type: ignore[list-item]
+
+    def _kill(self, slots: list[_Slot]) -> None:
+        """Kill these slots' actors (replaced at the next dispatch) and wait until they are
+        gone: ray.kill returns at once, and an actor not yet dead would start the batch it
+        holds next."""
         doomed = []
         with self.dispatcher.lock:
-            for worker in running:
-                slot: _Slot = worker  # type: ignore[assignment]
+            for slot in slots:
                 doomed += [job.handle[1] for job in self.dispatcher.held(slot) if job.handle]
-                self._retire([slot])  # a running actor call cannot be interrupted
+                self._retire([slot])
                 slot.dead = True
-        # ray.kill returns at once: wait until the actors are gone (their calls fail),
-        # so that none of them starts the batch it held next.
         cf.wait(doomed, timeout=_KILL_WAIT)
 
     def publish(self, token: str, blob: bytes) -> Locator:

@@ -20,6 +20,7 @@ class SerialBackend(Backend):
     serializes = False
     startup_seconds = 0.0
     auto = False  # auto's own serial choice runs in place, without a backend
+    stops_running = False  # fn runs in the caller's thread
 
     @property
     def workers(self) -> int:

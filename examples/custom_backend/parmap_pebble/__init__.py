@@ -17,14 +17,19 @@ What the backend does, and what it leaves to parmap::
                                            cancel(): drop what has not started;
                                              to stop running work, stop the pool
                                            shutdown(): stop the pool
+    (stop_worker: the default, shutdown(), stops a worker left running an item
+     that timed out, and the next batch starts a fresh pool)
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Collection
+from concurrent.futures.process import BrokenProcessPool
 from types import MappingProxyType
 from typing import Any
 
@@ -48,6 +53,7 @@ class PebbleBackend(Backend):
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         super().__init__(workers, **options)
         self._pool: Any = None
+        self._futures: weakref.WeakSet[cf.Future[Any]] = weakref.WeakSet()  # the pool's
         self._lock = threading.Lock()
 
     def _running_pool(self) -> Any:
@@ -64,14 +70,19 @@ class PebbleBackend(Backend):
             return self._pool
 
     def submit(self, prepared: CallSpec, items: bytes) -> cf.Future[Any]:
-        return self._running_pool().schedule(run_batch, args=(prepared, items))
+        future = self._running_pool().schedule(run_batch, args=(prepared, items))
+        self._futures.add(future)
+        return future
 
     def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
         from pebble import ProcessExpired
 
-        if isinstance(exc, ProcessExpired):  # the worker died: parmap's retries= may resend it
+        # A lost batch must become WorkerCrashedError: that is what retries= resends.
+        if isinstance(exc, ProcessExpired):  # its worker died
             how = describe_exit(exc.exitcode)  # "was killed by SIGKILL (-9): often ... OOM"
             return WorkerCrashedError(f"a pebble worker process {how}", exitcode=exc.exitcode)
+        if isinstance(exc, BrokenProcessPool):  # the pool was stopped (see _stop)
+            return WorkerCrashedError("a batch was lost when its pebble pool stopped")
         return exc
 
     def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
@@ -79,20 +90,23 @@ class PebbleBackend(Backend):
             if not future.running():  # pebble would stop a running task's process
                 future.cancel()
         if stop_running:  # a running Python function cannot be interrupted: stop the pool
-            with self._lock:
-                pool, self._pool = self._pool, None
-            if pool is not None:
-                pool.stop()
-                pool.join()  # its processes are gone: no stopped batch starts another item
+            self._stop()
 
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers, "started": self._pool is not None}
 
     def shutdown(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        """Stop the pool and its processes; the next batch starts a fresh one."""
         with self._lock:
             pool, self._pool = self._pool, None
+            futures, self._futures = list(self._futures), weakref.WeakSet()
         if pool is not None:
-            pool.close()
             pool.stop()
-            pool.join()
-
+            pool.join()  # its processes are gone: no stopped batch starts another item
+        for future in futures:  # pebble may leave a stopped pool's futures pending: a
+            if not future.done():  # crash must never become a hang, so fail them here
+                with contextlib.suppress(cf.InvalidStateError):
+                    future.set_exception(BrokenProcessPool("the pebble pool was stopped"))
