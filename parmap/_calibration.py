@@ -175,7 +175,20 @@ def read(path: Path) -> Calibration | None:
         log.warning("parmap: calibration %s is of another version; measuring again", path)
         return None
     models = {k: _overheads_only(OverheadModel.from_dict(v)) for k, v in document["models"].items()}
-    return Calibration(models, document.get("startup", {}), document.get("created"), str(path))
+    startup = dict(document.get("startup", {}))
+    _add_unmeasured(models, startup)
+    return Calibration(models, startup, document.get("created"), str(path))
+
+
+def _add_unmeasured(models: dict[str, OverheadModel], startup: dict[str, float]) -> None:
+    """Give a backend installed since the calibration ran (or newer than it) its class's
+    conservative constants, so that auto considers it until it is measured."""
+    workers = next(iter(models.values())).workers if models else 1
+    stand_in = defaults(workers)
+    for name, model in stand_in.models.items():
+        if name not in models:
+            models[name] = model
+            startup.setdefault(name, stand_in.startup[name])
 
 
 def gil_enabled() -> bool:

@@ -61,7 +61,7 @@ _BACKEND_OPTIONS = ("address", "start_method")  # go to backends that take them
 # -- the quick answer ------------------------------------------------------------------
 
 
-def quick(fn: Callable[..., Any], iterable: Iterable[Any], backend: str | None) -> Any:
+def quick(fn: Callable[..., Any], iterable: Iterable[Any], backend: Any) -> Any:
     """The results of a call that runs in place for want of any choice, else None.
 
     A list or tuple under ``backend="serial"``, or under ``"auto"`` with a function

@@ -107,3 +107,24 @@ def test_nested_calls_in_the_probe_run_in_place():
 
     got = parmap.parmap(outer, range(60), backend="auto", workers=2)
     assert got == [sum(i * i for i in range(x % 5)) for x in range(60)]
+
+
+def test_a_calibration_without_threads_still_lets_auto_choose_them(tmp_path, monkeypatch):
+    """A machine calibrated before the threads backend existed: its class's constants
+    stand in, with the file's measured models for the rest."""
+    from parmap import _calibration
+    from parmap._model import OverheadModel
+
+    path = tmp_path / "calibration.json"
+    measured = OverheadModel("loky", 2, fixed=2e-3, per_batch=3e-4, work_factor=1.1)
+    _calibration.save(path, {"loky": measured}, {"loky": 0.8}, {})
+    monkeypatch.setenv("PARMAP_CALIBRATION", str(path))
+    _calibration.reload()
+    try:
+        calibration = _calibration.load(2, calibrate=False)
+        assert calibration.models["loky"] == measured
+        assert "threads" in calibration.models and calibration.startup["threads"] < 0.01
+        decision = parmap.explain(releases_gil, range(40), workers=2)
+        assert decision.chosen == "threads", str(decision)
+    finally:
+        _calibration.reload()

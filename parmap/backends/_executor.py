@@ -165,7 +165,8 @@ class ExecutorBackend(Backend):
     def cancel(self, futures: Collection[cf.Future[Any]], *, stop_running: bool) -> None:
         running = stop_batches(futures)
         if running and stop_running:
-            notice_running(running, f"the {self.executor_type} you passed")
+            what = "" if not self.serializes else "run to their end (parmap does not stop them)"
+            notice_running(running, f"the {self.executor_type} you passed", what)
 
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers, "executor": repr(self._ref())}

@@ -45,6 +45,7 @@ __all__ = ["StopFlag", "ThreadPool", "ThreadsBackend", "on_pool_thread", "run_he
 
 log = logging.getLogger("parmap")
 
+THREADS_CANNOT_STOP = "running Python threads cannot be stopped"
 _here = threading.local()  # .batches: how many batches this thread is running now
 
 
@@ -254,11 +255,9 @@ def stop_batches(futures: Collection[cf.Future[Any]]) -> int:
     return running
 
 
-def notice_running(running: int, where: str) -> None:
+def notice_running(running: int, where: str, what: str = "") -> None:
     """Say that stopped work goes on in the background (a timeout, Ctrl-C)."""
-    log.warning(
-        "parmap: stopped waiting; %d batch(es) running on %s finish the item each is on "
-        "(running Python threads cannot be stopped), and no further item starts",
-        running,
-        where,
+    what = what or (
+        f"finish the item each is on ({THREADS_CANNOT_STOP}), and no further item starts"
     )
+    log.warning("parmap: stopped waiting; %d batch(es) running on %s %s", running, where, what)
