@@ -24,8 +24,8 @@ What this module offers, by who uses it:
 
 - the class to subclass, :class:`Backend`, and its facts (``serializes``,
   ``batch_overhead``, ``startup_seconds``, ``default_model``, ``auto``,
-  ``cluster_env``, ``option_names``, ``stops_running``), which ``auto``,
-  calibration, ``parmap info`` and the command line read;
+  ``cluster_env``, ``option_names``, ``stops_running``, ``shares_gil``), which
+  ``auto``, calibration, ``parmap info`` and the command line read;
 - what a worker runs: :func:`run_batch` (in a worker process: the call's
   :class:`CallSpec` and the pickled items in, the pickled :class:`Outcome` out)
   or :func:`run_local` (in the caller's process, on live objects); a process
