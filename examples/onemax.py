@@ -3,6 +3,10 @@
     PARMAP_BACKEND=loky python examples/onemax.py
     python examples/onemax.py --compare          # every installed backend vs serial
 
+    # which backend for this GA's evaluation, 300 individuals x 40 generations?
+    parmap bench --fn examples/onemax.py:fitness \
+                 --items-from examples/onemax.py:population --items 300 --calls 40
+
 The only parallel line is ``toolbox.register("map", parmap.parmap)``. The
 evaluation is wrapped by ``tools.DeltaPenalty`` (which plain multiprocessing
 cannot pickle) and made deliberately heavier (``--cost-ms``), and the classes
@@ -26,6 +30,7 @@ from _ga import arguments, burn, compare, loops_per_ms, write_json
 import parmap
 
 N_BITS = 100
+COST_MS = 3.0  # the default extra work per evaluation (--cost-ms)
 
 creator.create("FitnessMax", base.Fitness, weights=(1.0,))
 creator.create("Individual", list, fitness=creator.FitnessMax)
@@ -61,6 +66,12 @@ def build_toolbox(cost_ms: float) -> base.Toolbox:
     return toolbox
 
 
+def population(n: int) -> list[Any]:
+    """``n`` random individuals (seeded): the sample items of ``parmap bench --fn``."""
+    random.seed(64)
+    return build_toolbox(COST_MS).population(n=n)
+
+
 def run(seed: int, pop_size: int, ngen: int, cost_ms: float, verbose: bool) -> dict[str, Any]:
     """Evolve; return the logbook and hall of fame as plain data."""
     random.seed(seed)
@@ -83,9 +94,10 @@ def run(seed: int, pop_size: int, ngen: int, cost_ms: float, verbose: bool) -> d
 
 
 LOOPS_PER_MS = loops_per_ms()
+fitness = build_toolbox(COST_MS).evaluate  # the GA's evaluation, as `parmap bench --fn` sees it
 
 if __name__ == "__main__":
-    args = arguments(__doc__.splitlines()[0], pop=300, ngen=10, cost_ms=3.0)
+    args = arguments(__doc__.splitlines()[0], pop=300, ngen=10, cost_ms=COST_MS)
     if args.compare:
         compare(
             lambda: run(args.seed, args.pop, args.ngen, args.cost_ms, verbose=False),

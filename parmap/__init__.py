@@ -19,6 +19,7 @@ from parmap._errors import (
     WorkerCrashedError,
     WorkerInitializationError,
 )
+from parmap._local import PerWorker, per_worker
 from parmap._registry import available_backends, backend_names, register_backend, shutdown
 from parmap._share import Shared, share
 from parmap.backends._base import Backend
@@ -31,6 +32,7 @@ __all__ = [
     "BackendNotInstalledError",
     "ItemTimeoutError",
     "ParmapError",
+    "PerWorker",
     "SerializationError",
     "Shared",
     "TimeoutError",
@@ -45,6 +47,7 @@ __all__ = [
     "get_backend",
     "imap",
     "parmap",
+    "per_worker",
     "register_backend",
     "share",
     "shutdown",

@@ -11,7 +11,12 @@ One decision::
                       cluster_env is set, e.g. $RAY_ADDRESS) or already attached
                       in this process, when there are such
     prediction        serial: n * c; a backend: its overhead model (parmap._model)
-                      + its start-up time unless it is already running
+                      + its start-up time unless it is already running, less what
+                      staying serial on earlier calls of the function has already
+                      cost: a loop of calls too short each to repay a pool's start-up
+                      (a GA of many quick generations) starts it once staying serial
+                      has cost as much as starting would (the ski-rental rule: never
+                      more than twice the best choice made knowing the future)
     threads           a backend whose workers share the caller's GIL (its class's
                       shares_gil) runs in parallel only what releases the GIL: when
                       it would win were the work parallel, the next few items run
@@ -52,7 +57,7 @@ from parmap._config import getenv
 from parmap._costs import costs, on_forget
 from parmap.backends._base import default_workers
 
-__all__ = ["Decision", "decide", "learn", "plan", "stays_serial"]
+__all__ = ["Decision", "candidates", "commit", "decide", "learn", "plan", "stays_serial"]
 
 log = logging.getLogger("parmap")
 
@@ -80,6 +85,7 @@ class Decision:
     chosen: str
     calibration: Calibration | None
     probe: list[Any] = field(default_factory=list, repr=False)
+    missed: dict[str, float] = field(default_factory=dict, repr=False)  # see commit()
     on_threads: str = ""  # how the function scales on the caller's threads, and why
 
     def __str__(self) -> str:
@@ -116,7 +122,7 @@ def plan(
     options: frozenset[str] = frozenset(),
     *,
     stops: bool = False,
-    probe_threads: Callable[[Sequence[Any], int], tuple[list[Any], float]] | None = None,
+    probe_threads: Callable[[str, Sequence[Any], int], tuple[list[Any], float]] | None = None,
 ) -> tuple[Decision, Iterator[Any], int | None]:
     """Decide one call.
 
@@ -133,10 +139,10 @@ def plan(
         stops: the call needs a backend that can stop a running item
             (``item_timeout=``): serial is out, and so are backends that cannot.
         probe_threads: runs the given items (the next ones; the index of the
-            first given) here, partly serially and partly on two threads at once;
-            returns their results and the threads' speed-up over serial: how the
-            function scales on threads, measured when it matters (see the module
-            docstring).
+            first given) partly here, alone, and partly two batches at once on the
+            named backend; returns their results and its speed-up over serial: how
+            the function scales on that backend's threads, measured when it matters
+            (see the module docstring).
 
     Returns:
         The decision (its ``probe`` holds the results already computed), the
@@ -159,7 +165,7 @@ def plan(
     size = _thread_probe_size(cost, n_rest)
     if probe_threads is not None and size and _scaling_unknown(fn_name, decision):
         chunk = read_items(rest, size, len(probed))
-        results, speedup = probe_threads(chunk, len(probed))
+        results, speedup = probe_threads(decision.chosen, chunk, len(probed))
         probed += results
         n_rest -= len(chunk)
         _bounded(_thread_speedups)[fn_name] = speedup
@@ -272,17 +278,20 @@ def decide(
         model = calibration.model(name, workers)
         if model is None:
             continue
-        startup = 0.0 if _running(name) else calibration.startup.get(name, 0.0)
-        if not stops and startup + model.fixed >= serial_seconds:
-            continue  # cannot win: skip the batch simulation
-        correction = _corrections.get((fn_name, name), 1.0)
+        if not stops and model.fixed >= serial_seconds:
+            continue  # cannot win even warm: skip the batch simulation
         predicted = model.predict(n_items, cost)
         if _registry.backend_class(name).shares_gil:
             fraction, decision.on_threads = parallel_fraction(fn_name)
             # the work that does not run in parallel takes its serial time
             rounds = math.ceil(n_items / workers)
             predicted += model.work_factor * cost * (1.0 - fraction) * (n_items - rounds)
-        predictions[name] = predicted * correction + startup
+        warm = predicted * _corrections.get((fn_name, name), 1.0)
+        startup = 0.0 if _running(name) else calibration.startup.get(name, 0.0)
+        if startup and warm * SERIAL_MARGIN < serial_seconds:  # it would win, once started
+            decision.missed[name] = serial_seconds - warm
+            startup = max(0.0, startup - _missed.get((fn_name, name), 0.0))
+        predictions[name] = warm + startup
         decision.startup[name] = startup
     best = min((n for n in predictions if n != "serial"), key=predictions.__getitem__, default="")
     if stops:
@@ -302,6 +311,16 @@ def decide(
     return decision
 
 
+def commit(decision: Decision) -> None:
+    """A call runs as decided: what staying serial costs it, against each backend that
+    would win once started, counts towards that backend's start-up (see the module doc)."""
+    if decision.chosen != "serial":
+        return
+    for name, seconds in decision.missed.items():
+        key = (decision.fn, name)
+        _bounded(_missed)[key] = _missed.get(key, 0.0) + seconds
+
+
 def _explore(fn_name: str, name: str, decision: Decision) -> bool:
     """Whether to try, this once, a warm backend predicted close to serial.
 
@@ -318,6 +337,7 @@ def _explore(fn_name: str, name: str, decision: Decision) -> bool:
 
 
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
+_missed: dict[tuple[str, str], float] = {}  # (fn, backend) -> seconds serial cost beyond it
 _thread_speedups: dict[str, float] = {}  # fn -> its speed-up on two of the caller's threads
 _first_calls: set[tuple[str, str]] = set()
 _explored: dict[tuple[str, str], int] = {}
@@ -334,7 +354,7 @@ def _bounded(table: Any) -> Any:
 
 def forget(fn_name: str) -> None:
     """Drop the feedback about a function (a callable object that died)."""
-    for table in (_corrections, _explored):
+    for table in (_corrections, _explored, _missed):
         for key in [key for key in list(table) if key[0] == fn_name]:
             table.pop(key, None)
     _thread_speedups.pop(fn_name, None)

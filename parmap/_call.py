@@ -28,7 +28,6 @@ import itertools
 import operator
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field, replace
@@ -135,7 +134,7 @@ def _in_place(
     return results
 
 
-PROBE_ROUNDS = 3  # serial, two threads, serial, two threads, ... serial: the median round
+PROBE_ROUNDS = 3  # alone, two at once, alone, two at once, ... alone: the median round
 
 
 def _thread_probe(
@@ -144,16 +143,16 @@ def _thread_probe(
     star: bool,
     start: int,
     spec: CallSpec | None,
+    backend: Backend,
 ) -> tuple[list[Any], float]:
-    """How ``fn`` scales on two threads, measured on ``items`` (at least 4) cut in equal
-    parts that run here in turns: one part alone (timed: the serial reference), then two
-    parts at once on two new threads, for up to PROBE_ROUNDS rounds, then one part
-    alone. Each round's speed-up is against the faster of the serial parts around it
-    (other load on the machine then errs towards not using threads); the median
-    round's, at most 2, is returned with the results, in order.
-
-    Each thread counts as a worker (a nested call runs in place). The timings are
-    not folded into the cost memory: the threads' are contended ones.
+    """How ``fn`` scales on ``backend``'s workers, threads of this process: ``items`` (at
+    least 4) cut in equal parts that run in turns, one part alone here (timed: the
+    serial reference), then two parts at once as two batches on the backend, for up to
+    PROBE_ROUNDS rounds, then one part alone. Each round's speed-up is against the
+    faster of the serial parts around it (other load on the machine then errs towards
+    not using threads); the median round's, at most 2, is returned with the results,
+    in order. The batches run on the backend the call is about to use, so its threads
+    build their ``per_worker`` objects once, for this call and the next.
 
     Raises:
         Exception: what ``fn`` raised on the first failing item, as in place.
@@ -162,19 +161,18 @@ def _thread_probe(
     cuts = [len(items) * k // n_parts for k in range(n_parts + 1)]
     parts = [items[a:b] for a, b in itertools.pairwise(cuts)]
     spec = spec or CallSpec("local", fn, star)
+    prepared = backend.prepare(spec)
     outcomes: list[Outcome | None] = [None] * n_parts
 
-    def run(part: int) -> None:
-        with _worker.running_here():
-            outcomes[part] = execute(spec, fn, parts[part])
-
     def timed(*group: int) -> float:
-        pair = [threading.Thread(target=run, args=(part,), name="parmap-probe") for part in group]
+        """Run one part here, or several at once as batches on the backend; the seconds."""
         began = time.perf_counter()
-        for thread in pair:
-            thread.start()
-        for thread in pair:
-            thread.join()
+        if len(group) == 1:
+            outcomes[group[0]] = execute(spec, fn, parts[group[0]])
+        else:
+            futures = [backend.submit(prepared, parts[part]) for part in group]
+            for part, future in zip(group, futures, strict=True):
+                outcomes[part] = future.result()
         return time.perf_counter() - began
 
     serial = [timed(0) / max(1, len(parts[0]))]
@@ -361,6 +359,7 @@ class Call:
             name, self.items, self.total, settings.choice.workers, self._probe(spec),
             settings.explicit, stops=guarded, probe_threads=self._probe_threads(spec),
         )  # fmt: skip
+        _auto.commit(decision)
         self.decision, self.sequence = decision, None
         self.settings = replace(settings, choice=replace(settings.choice, name=decision.chosen))
 
@@ -377,13 +376,15 @@ class Call:
 
     def _probe_threads(
         self, spec: CallSpec | None
-    ) -> Callable[[Sequence[Any], int], tuple[list[Any], float]]:
-        """Measure how ``fn`` scales on two threads on the given items (the call's next:
-        their results are kept; see :func:`_thread_probe`); return the results and the
-        speed-up."""
+    ) -> Callable[[str, Sequence[Any], int], tuple[list[Any], float]]:
+        """Measure how ``fn`` scales on the threads of backend ``name`` on the given items
+        (the call's next: their results are kept; see :func:`_thread_probe`); return the
+        results and the speed-up."""
 
-        def probe(chunk: Sequence[Any], start: int) -> tuple[list[Any], float]:
-            results, speedup = _thread_probe(self.fn, chunk, self.star, start, spec)
+        def probe(name: str, chunk: Sequence[Any], start: int) -> tuple[list[Any], float]:
+            cls = _registry.backend_class(name)
+            with _registry.lease(name, self.settings.options_for(cls)) as backend:
+                results, speedup = _thread_probe(self.fn, chunk, self.star, start, spec, backend)
             self.probed.extend(results)
             return results, speedup
 

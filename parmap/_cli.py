@@ -28,8 +28,9 @@ def _state(name: str) -> str:
     entry = _registry.spec(name)
     if not _registry.is_installed(name):
         return f"not installed: pip install 'parmap-backends[{entry.extra or name}]'"
-    versions = ", ".join(f"{p} {_version(p) or '?'}" for p in entry.requires)
-    return f"installed ({versions or 'no extra package'})"
+    packages = (entry.provider,) if entry.provider else entry.requires
+    versions = ", ".join(f"{p} {_version(p) or '?'}" for p in packages)
+    return f"installed ({versions or 'standard library'})"
 
 
 def info(out: object = None) -> str:

@@ -274,7 +274,7 @@ class Driver:
     ) -> list[Any] | None:
         """A batch lost with its worker: sent again while retries last (a batch caught in
         the stop of another's stuck worker is sent again for free), else the error."""
-        if batch.exposed or batch.attempts < self.retries:
+        if error.retryable and (batch.exposed or batch.attempts < self.retries):
             if not batch.exposed:
                 batch.attempts += 1
                 log.warning("parmap: %s; retrying items %s", error, batch.span())
@@ -336,10 +336,13 @@ class Driver:
     ) -> WorkerCrashedError:
         lost = [batch, *in_flight.values()]
         spans = ", ".join(b.span() for b in sorted(lost, key=lambda b: b.start))
-        hint = "" if self.retries else "; pass retries=N to retry lost batches"
-        message = f"{error} while running {self.fn_name}; items in flight: {spans}{hint}"
+        hint = (
+            "" if self.retries or not error.retryable else "; pass retries=N to retry lost batches"
+        )
+        message = f"{error}; it was running {self.fn_name}, items in flight: {spans}{hint}"
         indices = [i for b in lost for i in range(b.start, b.start + len(b.items))]
-        return WorkerCrashedError(message, exitcode=error.exitcode, items=sorted(indices))
+        return WorkerCrashedError(message, exitcode=error.exitcode, items=sorted(indices),
+                                  retryable=error.retryable)  # fmt: skip
 
     def _remaining(self) -> float | None:
         if self.timeout is None:

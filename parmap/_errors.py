@@ -64,14 +64,22 @@ class WorkerCrashedError(ParmapError):
     Attributes:
         exitcode: the worker's exit code (negative: killed by that signal), or None.
         items: the indices of the items that were in flight on the lost worker(s).
+        retryable: False when sending the batch again cannot help (the worker died
+            while starting, before any item ran): ``retries=`` does not apply.
     """
 
     def __init__(
-        self, message: str, *, exitcode: int | None = None, items: Sequence[int] = ()
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        items: Sequence[int] = (),
+        retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.exitcode = exitcode
         self.items = tuple(items)
+        self.retryable = retryable
 
 
 class TimeoutError(ParmapError, _BuiltinTimeoutError):

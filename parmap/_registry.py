@@ -74,12 +74,15 @@ class BackendSpec:
         target: ``"module:Class"`` or the class itself.
         requires: top-level modules that must be importable.
         extra: the pip extra that installs them, for the error message.
+        provider: the distribution whose entry point registered it (None: parmap
+            itself, or a register_backend() call).
     """
 
     name: str
     target: Any
     requires: tuple[str, ...] = ()
     extra: str | None = None
+    provider: str | None = None
 
 
 _specs: dict[str, BackendSpec] = {
@@ -143,7 +146,8 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        _specs.setdefault(ep.name, BackendSpec(ep.name, ep.value))
+        provider = ep.dist.name if ep.dist is not None else None
+        _specs.setdefault(ep.name, BackendSpec(ep.name, ep.value, provider=provider))
 
 
 def backend_names() -> list[str]:

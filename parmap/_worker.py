@@ -17,6 +17,7 @@ Per worker process, three small caches make repeated calls cheap:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import itertools
 import os
@@ -276,7 +277,9 @@ def run_watched(
         finally:
             watch.done.set()
 
-    threading.Thread(target=work, name="parmap-item", daemon=True).start()
+    # The items see this thread's context variables (an engine's, e.g. Dask's worker).
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(work,), name="parmap-item", daemon=True).start()
     poll = min(0.05, limit / 10)
     while not watch.done.wait(poll):
         index, started = watch.index, watch.started

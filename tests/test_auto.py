@@ -258,3 +258,27 @@ def test_auto_never_keeps_a_calibration_that_missed_a_backend(tmp_path):
     finally:
         _registry.unregister_backend("imaginary")
     assert not path.exists()
+
+
+def test_a_loop_of_short_calls_starts_the_pool_once_staying_serial_cost_as_much(monkeypatch):
+    """Each call alone is too short to repay loky's start-up, a GA's hundred calls are not:
+    auto counts what staying serial cost each call and starts the pool when that adds up
+    to the start-up (the ski-rental rule), then stays on it."""
+    model = OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
+    calibration = Calibration({"loky": model}, {"loky": 0.5}, time.time(), "test")
+    monkeypatch.setattr(_calibration, "load", lambda workers, **_: calibration)
+    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(), **_: ["loky"])
+    running = set()
+    monkeypatch.setattr(_auto, "_running", lambda name: name in running)
+    monkeypatch.setattr(_auto, "_missed", {})
+    chosen = []
+    for _ in range(20):  # 100 items of 1 ms: 0.1 s serial, about 0.05 s on a warm pool
+        decision = _auto.decide("ga", 100, True, 1e-3, "given", 2)
+        _auto.commit(decision)
+        chosen.append(decision.chosen)
+        if decision.chosen == "loky":
+            running.add("loky")
+    first = chosen.index("loky")
+    assert 5 <= first <= 12, chosen  # about 0.5 s / 0.05 s saved per call
+    assert chosen[first:] == ["loky"] * (20 - first)
+    assert _auto.decide("other", 100, True, 1e-3, "given", 2).chosen == "loky"  # warm now

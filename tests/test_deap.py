@@ -86,3 +86,35 @@ def test_in_process_toolbox_map_keeps_creator_identity(backend):
     assert fitnesses == [(2.0,) if i % 2 == 0 else (-5.0,) for i in range(20)]
     back = toolbox.map(toolbox.clone, population)
     assert all(type(ind) is cls for ind in back) and creator.IndividualT is cls
+
+
+GUARDED = ["--pop", "60", "--ngen", "3", "--quiet", "--faults"]
+STOPPING = [b for b in ("loky", "multiprocessing", "ray") if b in BACKENDS]
+
+
+@pytest.fixture(scope="module")
+def guarded_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("guarded") / "loky.json"
+    path = ROOT / "examples" / "symbreg.py"
+    return run_script(path, STOPPING[0], [*GUARDED, "--json", str(out)], out)
+
+
+@pytest.mark.parametrize("backend", STOPPING[1:])
+def test_hanging_and_raising_evaluations_get_the_same_hall_of_fame(
+    backend, guarded_reference, tmp_path, census
+):
+    out = tmp_path / "result.json"
+    path = ROOT / "examples" / "symbreg.py"
+    got = run_script(path, backend, [*GUARDED, "--json", str(out)], out)
+    assert got["hof"] == guarded_reference["hof"]
+    assert got["logbook"] == guarded_reference["logbook"]
+    assert guarded_reference["logbook"][0]["min"] < 1e9  # not every tree failed
+
+
+def test_the_faults_example_says_why_serial_cannot_run_it(tmp_path):
+    env = {**os.environ, "PARMAP_BACKEND": "serial"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "symbreg.py"), *GUARDED],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "cannot be enforced on the 'serial' backend" in proc.stderr

@@ -16,10 +16,10 @@ def test_public_surface_is_pinned():
     assert parmap.__all__ == sorted(parmap.__all__)
     assert set(parmap.__all__) == {
         "Backend", "BackendChoice", "BackendNotInstalledError", "ItemTimeoutError", "ParmapError",
-        "SerializationError", "Shared", "TimeoutError", "UnknownBackendError",
+        "PerWorker", "SerializationError", "Shared", "TimeoutError", "UnknownBackendError",
         "WorkerCrashedError", "WorkerInitializationError", "__version__",
         "available_backends", "backend_names", "config", "explain", "get_backend", "imap", "parmap",
-        "register_backend", "share", "shutdown", "starmap",
+        "per_worker", "register_backend", "share", "shutdown", "starmap",
     }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import sys
 from typing import Any
 
 from parmap._worker import prepare_pool_worker
@@ -44,6 +45,10 @@ class MultiprocessingBackend(ProcessPoolBackend):
             initializer=prepare_pool_worker,
             initargs=(os.getpid(),),
         )
+
+    def _reruns_main(self) -> bool:
+        main = sys.modules.get("__main__")
+        return self.start_method != "fork" and getattr(main, "__file__", None) is not None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "start_method": self.start_method}

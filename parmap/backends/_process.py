@@ -71,13 +71,17 @@ class ProcessPoolBackend(Backend):
         pool = self._pool()
         try:
             future = pool.submit(run_batch, prepared, items)
-        except (BrokenProcessPool, RuntimeError):  # broken or shut down: start afresh
+        except (BrokenProcessPool, RuntimeError) as exc:  # broken or shut down: start afresh
+            if "bootstrapping phase" in str(exc):  # the standard library's own words
+                raise RuntimeError(_IN_A_STARTING_WORKER) from None
             self._discard(pool)
             pool = self._pool()
             future = pool.submit(run_batch, prepared, items)
         # Remember each pool's processes: their exit codes explain a crash later.
         pool.__dict__.setdefault("_parmap_processes", {}).update(getattr(pool, "_processes", {}))
         future._parmap_pool = pool  # type: ignore[attr-defined]
+        if not getattr(pool, "_parmap_ran", False):
+            future.add_done_callback(_note_ran)
         return future
 
     def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
@@ -89,8 +93,16 @@ class ProcessPoolBackend(Backend):
         exitcode = self._exitcode(exc, pool)
         if pool is not None:
             self._discard(pool)
+        if not getattr(pool, "_parmap_ran", False) and self._reruns_main() and exitcode == 1:
+            return WorkerCrashedError(_MAIN_GUARD_HINT.format(self.name), exitcode=1,
+                                      retryable=False)  # fmt: skip
         message = f"a {self.name} worker process {describe_exit(exitcode)}"
         return WorkerCrashedError(message, exitcode=exitcode)
+
+    def _reruns_main(self) -> bool:
+        """Whether this pool's workers import the caller's main script again as they start
+        (the standard library's 'spawn' and 'forkserver' do; loky's workers do not)."""
+        return False
 
     def _exitcode(self, exc: BaseException, pool: cf.Executor | None) -> int | None:
         """The exit code (negative: signal) of the worker whose death broke ``pool``."""
@@ -160,6 +172,27 @@ class ProcessPoolBackend(Backend):
             self._shutdown(pool)
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
+
+
+_MAIN_GUARD_HINT = (
+    "a {} worker process exited with code 1 while it started, before any batch ran. Each "
+    "worker imports your main script again as it starts: if the script calls parmap when "
+    "imported, every worker does too, and fails (the workers' tracebacks above say so). "
+    "Put the call under `if __name__ == \"__main__\":`, or use backend='loky', "
+    "whose workers do not re-run the script"
+)
+
+
+_IN_A_STARTING_WORKER = (
+    "parmap was called while this worker process imported the main script, as it does when "
+    'it starts: put the script\'s parmap calls under `if __name__ == "__main__":`'
+)
+
+
+def _note_ran(future: cf.Future[Any]) -> None:
+    """A batch came back from the pool: its workers start (a later death is not a start-up's)."""
+    if not future.cancelled() and future.exception() is None:
+        future._parmap_pool._parmap_ran = True  # type: ignore[attr-defined]
 
 
 def _processes(pool: cf.Executor | None) -> list[Any]:

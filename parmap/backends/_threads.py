@@ -31,13 +31,13 @@ import itertools
 import logging
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from types import MappingProxyType
 from typing import Any, cast
 
 from parmap._errors import WorkerCrashedError
+from parmap._local import bind_thread, release_thread
 from parmap._worker import CallSpec, Outcome, run_local, running_here
 from parmap.backends._base import Backend
 
@@ -46,7 +46,7 @@ __all__ = ["StopFlag", "ThreadPool", "ThreadsBackend", "on_pool_thread", "run_he
 log = logging.getLogger("parmap")
 
 THREADS_CANNOT_STOP = "running Python threads cannot be stopped"
-_here = threading.local()  # .batches: how many batches this thread is running now
+_here = threading.local()  # .batches: how many it runs now; .bound: has its per_worker table
 
 
 class StopFlag:
@@ -72,6 +72,7 @@ def run_here(spec: CallSpec, items: Sequence[Any], stop: StopFlag | None = None)
     Raises:
         concurrent.futures.CancelledError: the batch was stopped part-way.
     """
+    _bind_worker_state()  # a pool thread of ours did at its start; an executor's, here
     _here.batches = getattr(_here, "batches", 0) + 1
     try:
         with running_here():
@@ -99,18 +100,12 @@ def done_here(spec: CallSpec, items: Sequence[Any]) -> cf.Future[Any]:
     return future
 
 
-def thread_started() -> None:
-    """The first thing each pool thread does: the seam for per-thread worker state.
-
-    A worker-state API (``per_worker``, in ``parmap._local`` on its branch) keeps
-    one object per worker; on this backend a worker is a thread, so that API's
-    ``bind_thread()`` gives each pool thread a table of its own here. It is
-    looked up, not imported: without that API there is nothing to bind.
-    """
-    state = sys.modules.get("parmap._local")
-    bind = getattr(state, "bind_thread", None)
-    if bind is not None:
-        bind()
+def _bind_worker_state() -> None:
+    """Give this thread a ``parmap.per_worker`` table of its own, once: on this backend a
+    worker is a thread, and the objects built per worker are rarely thread-safe."""
+    if not getattr(_here, "bound", False):
+        bind_thread()
+        _here.bound = True
 
 
 class ThreadPool:
@@ -141,7 +136,13 @@ class ThreadPool:
         return future
 
     def _work(self) -> None:
-        thread_started()
+        _bind_worker_state()
+        try:
+            self._loop()
+        finally:
+            release_thread()
+
+    def _loop(self) -> None:
         while True:
             task = self._queue.get()
             if task is None:

@@ -12,7 +12,7 @@ from typing import Any
 from parmap import _registry
 from parmap.backends._base import default_workers
 from parmap.bench._sweep import WORKLOAD_KINDS, SweepConfig, format_seconds, run_sweep
-from parmap.bench._targets import BASELINES, baseline_installed
+from parmap.bench._targets import BASELINES, DEFAULT_BASELINES, baseline_installed
 
 __all__ = ["build_parser", "main", "make_config"]
 
@@ -37,14 +37,28 @@ FULL: dict[str, Any] = {
     "ray_cap": 2000,
 }
 _FIRST = {"serial": 0, "multiprocessing": 1, "loky": 2}
-_LAST = {"dask": 1, "ray": 2, "ray-tasks": 3}  # threaded engines after the fork-based pools
+_LAST = {
+    "dask": 1,
+    "dask-map": 2,
+    "ray": 3,
+    "ray-tasks": 4,
+}  # threaded engines after the fork-based pools
 
 DESCRIPTION = """\
 Measure from which per-item cost and item count each parmap backend beats plain
 serial map on this machine, with cold starts, baselines (multiprocessing.Pool.map,
-joblib, naive Ray tasks) and a fitted overhead model. Writes results.json,
-results.csv, models.json, report.md and PNG plots to --out.
+joblib, naive Ray tasks, Dask's client.map) and a fitted overhead model. Writes
+results.json, results.csv, models.json, report.md and PNG plots to --out.
+
+With --fn, measure your own function instead, on your own items: every installed
+backend and auto, warm and cold, for a run of --calls calls of --items items (a GA
+of K generations), beside plain map; prints a verdict, writes the report and plots:
+
+  parmap bench --fn examples/onemax.py:fitness \\
+               --items-from examples/onemax.py:population --items 300 --calls 40
 """
+FN_ONLY = ("items_from", "items", "calls", "cold_runs", "cold_budget")
+SWEEP_ONLY = ("quick", "costs", "counts", "workloads", "cell_budget", "calibrate")
 
 
 def _csv_of(parse: Callable[[str], object]) -> Callable[[str], list[object]]:
@@ -100,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--baselines",
         type=_csv_of(str),
         metavar="NAME,...",
-        help="baselines beside them, or 'none' (default: every installed one: "
+        help="baselines (peers) beside them, or 'none': "
         + ", ".join(BASELINES)
-        + ")",
+        + "\n(default: the installed ones of "
+        + ", ".join(DEFAULT_BASELINES)
+        + "; with --fn: none)",
     )
     add(
         "--workers",
@@ -113,9 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--out",
         type=Path,
-        default=Path("bench-results"),
         metavar="DIR",
-        help="output folder (default: ./bench-results)",
+        help="output folder (default: ./bench-results; with --fn: ./bench-results/fn-NAME)",
     )
     add("--repeats", type=_positive_int, help="timed warm calls per cell; the median is kept")
     add(
@@ -148,9 +163,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure this machine for backend='auto' (under a minute) and write its\n"
         "calibration file ($PARMAP_CALIBRATION or ~/.cache/parmap/calibration.json)",
     )
+    _add_fn_options(parser)
     add("--no-plots", action="store_true", help="do not draw the PNG plots")
     add("--no-progress", action="store_true", help="no progress bar")
     return parser  # fmt: skip
+
+
+def _add_fn_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "your own function (--fn)",
+        "Cold: each target in a fresh process, all K calls timed (the first one starts the\n"
+        "pool or cluster); warm: in this process, pools running, timed in pairs with map\n"
+        "on the first N, N/3, N/10 ... items. The verdict names the shortest run.",
+    )
+    add = group.add_argument
+    add(
+        "--fn",
+        metavar="SPEC",
+        help="your function: package.module:function or path/to/file.py:function\n"
+        "(a dotted attribute works too: module:toolbox.evaluate); called as fn(item)",
+    )
+    add(
+        "--items-from",
+        "--args-from",
+        dest="items_from",
+        metavar="SOURCE",
+        help="your sample items: module:factory (called once, as factory(N) with --items),\n"
+        "module:NAME (a list), or a .json / .pkl file holding a list",
+    )
+    add(
+        "--items",
+        type=_positive_int,
+        metavar="N",
+        help="items per call: the first N of the source's (default: all of them)",
+    )
+    add(
+        "--calls",
+        type=_positive_int,
+        default=10,
+        metavar="K",
+        help="calls in a run, e.g. generations of a GA (default: 10)",
+    )
+    add(
+        "--cold-runs",
+        type=_positive_int,
+        default=3,
+        metavar="R",
+        help="cold runs per target, fewer once a target spent --cold-budget (default: 3)",
+    )
+    add(
+        "--cold-budget",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="no further cold run of a target once its runs took this long (default: 30)",
+    )
 
 
 def _check_names(
@@ -187,7 +254,7 @@ def _loads(name: str) -> bool:
 
 def _baselines(parser: argparse.ArgumentParser, requested: list[str] | None) -> list[str]:
     if requested is None:
-        return [name for name in BASELINES if baseline_installed(name)]
+        return [name for name in DEFAULT_BASELINES if baseline_installed(name)]
     if requested == ["none"]:
         return []
     _check_names(parser, "--baselines", requested, [*BASELINES, "none"])
@@ -239,9 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_mode(args, parser)
+    if args.fn:
+        return _run_fn(args, parser, argv)
     if args.calibrate:
         return _calibrate(args, parser)
     config = make_config(args, parser)
+    args.out = args.out or Path("bench-results")
     command = "parmap bench " + " ".join(sys.argv[1:] if argv is None else argv)
     print(
         f"parmap bench ({config.mode}): {', '.join(config.targets)}; {config.workers} workers; "
@@ -260,6 +331,90 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text_summary(result, summary, args.out))
     print(f"(measured in {format_seconds(result.elapsed)}, "
           f"reported in {format_seconds(time.perf_counter() - started)})")  # fmt: skip
+    return 130 if result.interrupted else 0
+
+
+def _check_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--fn and the sweep's grid options exclude each other; --fn needs its items."""
+
+    def given(names: Sequence[str]) -> list[str]:
+        return [
+            "--" + name.replace("_", "-")
+            for name in names
+            if getattr(args, name) != parser.get_default(name)
+        ]
+
+    if args.fn:
+        clash = given(SWEEP_ONLY)
+        if clash:
+            parser.error(f"{', '.join(clash)}: not with --fn (they set the sweep's grid)")
+        if not args.items_from:
+            parser.error(
+                "--fn needs your sample items: --items-from module:factory (called with N), "
+                "module:NAME (a list) or a .json / .pkl file; none are invented"
+            )
+        return
+    stray = given(FN_ONLY)
+    if stray:
+        parser.error(f"{', '.join(stray)}: only with --fn (your own function)")
+
+
+def _fn_targets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    backends = _backends(parser, args.backends)
+    if args.backends is None:
+        backends.append(_registry.AUTO)
+    targets = backends + _baselines(parser, args.baselines or ["none"])
+    targets.sort(key=lambda name: _LAST.get(name, 0) + 10 * (name == _registry.AUTO))
+    return targets
+
+
+def _default_out(spec: str) -> Path:
+    module, _, attribute = spec.rpartition(":")
+    name = f"{Path(module).stem if module.endswith('.py') else module}.{attribute}"
+    return Path("bench-results") / (
+        "fn-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    )
+
+
+def _run_fn(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> int:
+    from parmap.bench._fnreport import fn_text, write_fn_outputs
+    from parmap.bench._loader import SpecError
+    from parmap.bench._report import machine_info
+    from parmap.bench._userfn import FnConfig, estimate, load, run_fn
+    from parmap.bench._verdict import verdict
+
+    config = FnConfig(
+        fn_spec=args.fn,
+        items_spec=args.items_from,
+        n_items=args.items,
+        calls=args.calls,
+        targets=_fn_targets(parser, args),
+        workers=args.workers,
+        repeats=args.repeats or 5,
+        cold_runs=args.cold_runs,
+        cold_budget=args.cold_budget,
+    )
+    try:
+        loaded, serial_call = load(config)
+    except SpecError as exc:
+        parser.error(str(exc))
+    out = args.out or _default_out(args.fn)
+    serial_run = format_seconds(serial_call * config.calls)
+    minutes = estimate(config, serial_call, len(loaded.items)) / 60
+    print(
+        f"parmap bench --fn {config.fn_spec}: {len(loaded.items):,} items x {config.calls} "
+        f"calls; {', '.join(config.targets)}; {config.workers} workers; one serial call "
+        f"{format_seconds(serial_call)}, a serial run ~{serial_run}; this takes roughly "
+        f"{minutes:.0f} minute{'s' if round(minutes) != 1 else ''} (fewer --calls: less)",
+        flush=True,
+    )
+    result = run_fn(config, loaded, serial_call, progress=not args.no_progress)
+    found = verdict(result)
+    command = "parmap bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_fn_outputs(result, found, out, machine_info(), command, plots=not args.no_plots)
+    print(fn_text(result, found, out))
     return 130 if result.interrupted else 0
 
 

@@ -414,7 +414,8 @@ def _cold_section(result: SweepResult) -> list[str]:
         "## Cold start vs warm call",
         "",
         f"First call (workers or cluster starting) and then the median warm call, both "
-        f"OneMax on {n} items; start-up = cold - warm.",
+        f"OneMax on {n} items; start-up = cold - warm. `cold_start.png` adds it to K warm "
+        "calls of one cell and marks from how many calls each target pays off.",
         "",
         _table(["target", "kind", "cold first call", "warm call", "start-up"], _cold_rows(result)),
     ]
@@ -429,9 +430,8 @@ def _baseline_section(result: SweepResult, summary: Summary) -> list[str]:
         "## Baselines: what parmap's batching is worth",
         "",
         "Time of each baseline, and in brackets how many times the fastest parmap backend's "
-        "time it is (above 1: parmap is faster). `ray-tasks` submits one Ray task per item; "
-        "it runs at most "
-        f"{result.config.ray_cap} items per call and is scaled up (`*`).",
+        "time it is (above 1: parmap is faster). `ray-tasks` and `dask-map` submit one task "
+        f"per item; they run at most {result.config.ray_cap} items per call, scaled up (`*`).",
         "",
         _table(headers, rows),
     ]

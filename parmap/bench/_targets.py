@@ -9,7 +9,10 @@ write without parmap:
 - ``joblib-loky``: ``joblib.Parallel(n_jobs=W, backend="loky")`` with its auto
   batching, a fresh ``Parallel`` per call as usual;
 - ``ray-tasks``: one naive Ray task per item (``ray.get([f.remote(x) ...])``),
-  measured on at most ``item_cap`` items and scaled up, marked as such.
+  measured on at most ``item_cap`` items and scaled up, marked as such;
+- ``dask-map``: ``client.gather(client.map(fn, items, pure=False))`` on a
+  ``LocalCluster`` of W single-threaded worker processes, one task per item,
+  capped and scaled like ``ray-tasks``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from parmap import _registry
 
 __all__ = [
     "BASELINES",
+    "DEFAULT_BASELINES",
+    "DaskMapTarget",
     "JoblibTarget",
     "MapTarget",
     "ParmapTarget",
@@ -39,7 +44,11 @@ BASELINES = {
     "mp-pool": (),
     "joblib-loky": ("joblib",),
     "ray-tasks": ("ray",),
+    "dask-map": ("distributed",),
 }
+# measured unless --baselines says otherwise; dask-map (a cluster, one task per item) is
+# asked for by name: it would stretch the quick mode past its few minutes
+DEFAULT_BASELINES = ("mp-pool", "joblib-loky", "ray-tasks")
 
 
 class Target:
@@ -201,6 +210,41 @@ class RayTasksTarget(Target):
             self._started = False
 
 
+class DaskMapTarget(Target):
+    """One Dask task per item through ``client.map``: what users write with Dask."""
+
+    batching = "per-item"
+
+    def __init__(self, workers: int, item_cap: int) -> None:
+        super().__init__("dask-map", workers)
+        self.item_cap = item_cap
+        self._client: Any = None
+
+    def run(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if self._client is None:
+            import distributed
+
+            cluster = distributed.LocalCluster(
+                n_workers=self.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # leave 8787 alone
+                silence_logs=logging.CRITICAL,
+            )
+            self._client = distributed.Client(cluster, set_as_default=False)
+        client = self._client
+        return list(client.gather(client.map(fn, items, pure=False)))
+
+    def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+
+
 def baseline_installed(name: str) -> bool:
     """Whether the packages baseline ``name`` needs can be imported."""
     return all(importlib.util.find_spec(m) is not None for m in BASELINES[name])
@@ -219,4 +263,6 @@ def make_target(name: str, workers: int, ray_cap: int) -> Target:
         return JoblibTarget(workers)
     if name == "ray-tasks":
         return RayTasksTarget(workers, ray_cap)
+    if name == "dask-map":
+        return DaskMapTarget(workers, ray_cap)
     return ParmapTarget(name, workers)

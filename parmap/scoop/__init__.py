@@ -14,6 +14,13 @@ Two ways in:
 
        from parmap.scoop import futures, shared
 
+SCOOP's host options work too (``--hosts A B``, ``--hostfile F``, a SLURM, PBS
+or Grid Engine job's hosts): Dask starts the workers over SSH for the run.
+From Python, :func:`ssh_cluster` does the same for any parmap call::
+
+    with parmap.scoop.ssh_cluster(["node1", "node2"], workers=16) as address:
+        parmap.parmap(fn, items, backend="dask", address=address)
+
 The module-level flags SCOOP scripts test are here too: ``IS_RUNNING``
 (always True), ``IS_ORIGIN`` (True in the program, False on a worker),
 ``SIZE`` (the worker count), ``worker`` (this process's name), ``DEBUG``,
@@ -29,8 +36,18 @@ from typing import Any
 
 from parmap.scoop import futures, shared
 from parmap.scoop._runtime import configure, settings
+from parmap.scoop._ssh import ssh_cluster
 
-__all__ = ["DEBUG", "IS_RUNNING", "SHUTDOWN_REQUESTED", "configure", "futures", "logger", "shared"]
+__all__ = [
+    "DEBUG",
+    "IS_RUNNING",
+    "SHUTDOWN_REQUESTED",
+    "configure",
+    "futures",
+    "logger",
+    "shared",
+    "ssh_cluster",
+]
 
 __version__ = "0.7"  # the SCOOP API this layer follows (SCOOP 0.7.2)
 

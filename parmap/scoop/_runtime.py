@@ -214,12 +214,36 @@ class _Task:
 
 
 class MapTask(_Task):
-    """``fn(*args)`` for one item of ``futures.map``."""
+    """``fn(*args, **kwargs)`` for one item of ``futures.map``: the same ``kwargs`` for each.
+
+    The map runs with ``return_exceptions``, so that, as in SCOOP, where each item
+    is a future of its own, the results before a failed item are still yielded
+    and its exception is raised when the iteration reaches it. A result that
+    *is* an exception object travels wrapped (:class:`Returned`), so it is not
+    mistaken for a failure.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        handles: dict[str, Shared[Any]],
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(fn, handles)
+        self.kwargs = kwargs or {}
 
     def __call__(self, *args: Any) -> Any:
         if self.constants:
             receive(self.constants)
-        return self.fn(*args)
+        result = self.fn(*args, **self.kwargs)
+        return Returned(result) if isinstance(result, BaseException) else result
+
+
+@dataclass
+class Returned:
+    """An exception object that ``fn`` returned (not raised), on its way to the caller."""
+
+    value: BaseException
 
 
 class CallTask(_Task):

@@ -64,14 +64,16 @@ def map(func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> I
     Args:
         func: any callable; functions of the ``__main__`` script travel by value.
         *iterables: one or more iterables.
-        **kwargs: ``timeout``: seconds for the whole map (parmap's ``timeout=``).
+        **kwargs: ``timeout``: seconds for the whole map (parmap's ``timeout=``);
+            any other keyword goes to every call of ``func``
+            (``futures.map(f, xs, depth=2)`` calls ``f(x, depth=2)``).
 
     Returns:
         An iterator over ``func``'s results.
 
     Raises:
         Exception: what ``func`` raised (with its own type), while iterating.
-        TypeError: no iterable, or an unknown keyword.
+        TypeError: no iterable.
     """
     return _imap(func, iterables, kwargs, ordered=True)
 
@@ -102,12 +104,26 @@ def _imap(
     *,
     ordered: bool,
 ) -> Iterator[Any]:
-    unknown = set(kwargs) - {"timeout"}
-    if unknown:
-        raise TypeError(f"futures.map() got unexpected keyword argument(s) {sorted(unknown)}")
-    task = _runtime.MapTask(func, _runtime.constants())
+    extra = {key: value for key, value in kwargs.items() if key != "timeout"}
+    task = _runtime.MapTask(func, _runtime.constants(), extra)
     with _runtime.call_config():
-        return parmap.imap(task, *iterables, ordered=ordered, timeout=kwargs.get("timeout"))
+        stream = parmap.imap(task, *iterables, ordered=ordered, timeout=kwargs.get("timeout"),
+                             return_exceptions=True)  # fmt: skip
+    return _as_futures(stream)
+
+
+def _as_futures(stream: Iterator[Any]) -> Iterator[Any]:
+    """The results of a map read like SCOOP's futures: each result up to a failed item,
+    whose exception is raised there (the rest of the map is cancelled)."""
+    try:
+        for value in stream:
+            if isinstance(value, BaseException):
+                raise value
+            yield value.value if type(value) is _runtime.Returned else value
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def submit(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
@@ -191,7 +207,7 @@ def mapReduce(
         mapFunc: applied to each item, as in :func:`map`.
         reductionFunc: combines two results into one.
         *iterables: the items.
-        **kwargs: ``timeout`` for the map, as in :func:`map`.
+        **kwargs: ``timeout`` for the map and keywords for ``mapFunc``, as in :func:`map`.
 
     Returns:
         The single reduced value (the mapped value itself for one item).
@@ -222,7 +238,7 @@ def mapScan(
         mapFunc: applied to each item, as in :func:`map`.
         reductionFunc: combines two results into one.
         *iterables: the items.
-        **kwargs: ``timeout`` for the map, as in :func:`map`.
+        **kwargs: ``timeout`` for the map and keywords for ``mapFunc``, as in :func:`map`.
 
     Returns:
         SCOOP's list of reduced values; its last entry is the full reduction.
