@@ -162,16 +162,20 @@ def plan(
     rest, n_rest, exact = _count(items, remaining, len(probed))
     workers = workers or _default_workers()
     decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
-    size = _thread_probe_size(cost, n_rest)
-    if probe_threads is not None and size and _scaling_unknown(fn_name, decision):
-        chunk = read_items(rest, size, len(probed))
-        results, speedup = probe_threads(decision.chosen, chunk, len(probed))
-        probed += results
-        n_rest -= len(chunk)
-        _bounded(_thread_speedups)[fn_name] = speedup
-        decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
-        if decision.on_threads:
-            decision.on_threads += f" (measured on {len(chunk)} items)"
+    if _scaling_unknown(fn_name, decision):
+        size = _thread_probe_size(cost, n_rest)
+        if probe_threads is not None and size:
+            chunk = read_items(rest, size, len(probed))
+            results, speedup = probe_threads(decision.chosen, chunk, len(probed))
+            probed += results
+            n_rest -= len(chunk)
+            _bounded(_thread_speedups)[fn_name] = speedup
+            decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
+            if decision.on_threads:
+                decision.on_threads += f" (measured on {len(chunk)} items)"
+        else:  # too few items to tell: as most Python code does, it holds the GIL
+            decision = decide(fn_name, n_rest, exact, cost, source, workers, options,
+                              stops=stops, unmeasured=0.0)  # fmt: skip
     decision.probe = probed
     log.debug("%s", decision)
     return decision, rest, n_rest if exact else None
@@ -189,25 +193,29 @@ def _scaling_unknown(fn_name: str, decision: Decision) -> bool:
 def _thread_probe_size(cost: float, n_rest: int) -> int:
     """Items for the scaling probe: ten parts (four serial, three pairs on two threads at
     once) of THREAD_PROBE_SECONDS of work each, at least one item each, never over half
-    of what is left; 0 when that is under 4 items (too few to tell: taken as parallel).
-    Nothing is lost: the results are the call's, and even work that holds the GIL runs
-    on two threads about as fast as serially."""
+    of what is left; 0 when that is under 4 items (too few to tell: taken as holding
+    the GIL). Nothing is lost: the results are the call's, and even work that holds
+    the GIL runs on two threads about as fast as serially."""
     per_part = min(THREAD_PROBE_ITEMS, max(1, math.ceil(THREAD_PROBE_SECONDS / max(cost, 1e-9))))
     size = min(10 * per_part, n_rest // 2)
     return size if size >= 4 else 0
 
 
-def parallel_fraction(fn_name: str) -> tuple[float, str]:
+def parallel_fraction(fn_name: str, unmeasured: float = 1.0) -> tuple[float, str]:
     """The share of ``fn``'s work that runs in parallel on the caller's threads, and why.
 
     From the two-thread speed-up ``s`` that the probe measured, by Amdahl's law
-    (``s = 1 / ((1 - f) + f / 2)``); 1 without a GIL, or before any measurement.
+    (``s = 1 / ((1 - f) + f / 2)``); 1 without a GIL; ``unmeasured`` before any
+    measurement (1: the best case, to see whether threads could win at all; 0 when
+    too few items are left to measure).
     """
     if not gil_enabled():
         return 1.0, "this interpreter has no GIL: threads run Python code in parallel"
     speedup = _thread_speedups.get(fn_name)
     if speedup is None:
-        return 1.0, "not measured yet (taken as parallel)"
+        if unmeasured:
+            return unmeasured, "not measured yet (taken as parallel)"
+        return 0.0, "not measured (too few items to tell): taken as holding the GIL"
     fraction = min(1.0, max(0.0, 2.0 * (1.0 - 1.0 / speedup)))
     if fraction >= 0.6:
         why = "it releases the GIL, so threads run it in parallel"
@@ -260,8 +268,12 @@ def decide(
     options: frozenset[str] = frozenset(),
     *,
     stops: bool = False,
+    unmeasured: float = 1.0,
 ) -> Decision:
     """Predict each candidate and choose (see the module docstring).
+
+    ``unmeasured``: the parallel share of the work on the caller's threads taken for a
+    function not measured there yet (see :func:`parallel_fraction`).
 
     With ``stops`` (``item_timeout=``), serial is not a choice: the fastest
     backend that can stop a running item is.
@@ -282,7 +294,7 @@ def decide(
             continue  # cannot win even warm: skip the batch simulation
         predicted = model.predict(n_items, cost)
         if _registry.backend_class(name).shares_gil:
-            fraction, decision.on_threads = parallel_fraction(fn_name)
+            fraction, decision.on_threads = parallel_fraction(fn_name, unmeasured)
             # the work that does not run in parallel takes its serial time
             rounds = math.ceil(n_items / workers)
             predicted += model.work_factor * cost * (1.0 - fraction) * (n_items - rounds)
