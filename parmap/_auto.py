@@ -287,7 +287,7 @@ def decide(
     if not stops and (n_items < 2 or serial_seconds * EXPLORE_BAND <= floor):
         return decision  # no backend can win: skip the candidates
     for name in candidates(options, stops=stops):
-        model = calibration.model(name, workers)
+        model = _model(calibration, name, workers)
         if model is None:
             continue
         if not stops and model.fixed >= serial_seconds:
@@ -414,6 +414,15 @@ def candidates(options: frozenset[str] = frozenset(), *, stops: bool = False) ->
         if (cls.cluster_env and getenv(cls.cluster_env)) or cls.attached()
     ]
     return clusters or list(allowed)
+
+
+def _model(calibration: Calibration, name: str, workers: int) -> Any:
+    """``name``'s calibrated model; for an attached backend the calibration lacks (an MPI
+    job's ranks exist only inside the job, never where the calibration ran), its class's."""
+    model = calibration.model(name, workers)
+    if model is None and _registry.backend_class(name).attached():
+        model = _calibration.defaults(workers).model(name, workers)
+    return model
 
 
 def _running(name: str) -> bool:

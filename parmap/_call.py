@@ -263,11 +263,14 @@ class Settings:
         if limit is not None and self.choice.name != _registry.AUTO:
             cls = _registry.backend_class(self.choice.name, source=self.choice.source)
             if not cls.stops_running:
+                why = (
+                    "it runs fn on this process's own threads, and a running thread cannot "
+                    "be stopped" if not cls.serializes else "it cannot stop a worker that "
+                    "runs an item, nor replace it"
+                )  # fmt: skip
                 raise ValueError(
                     f"item_timeout={limit:g} cannot be enforced on the {cls.name!r} backend: "
-                    "it cannot stop a running item (a running thread of this process cannot "
-                    "be stopped, nor can the workers of an executor parmap does not own). "
-                    "Use a backend that runs fn in worker processes (loky, "
+                    f"{why}. Use a backend that runs fn in worker processes it can stop (loky, "
                     "multiprocessing, ...), or backend='auto', which then chooses one"
                 )
 

@@ -28,6 +28,12 @@ def _state(name: str) -> str:
     entry = _registry.spec(name)
     if not _registry.is_installed(name):
         return f"not installed: pip install 'parmap-backends[{entry.extra or name}]'"
+    try:
+        why = _registry.unusable_reason(name)
+    except Exception as exc:
+        return f"installed, but it cannot be loaded: {exc}"
+    if why is not None:
+        return f"installed, not usable here: {why}"
     packages = (entry.provider,) if entry.provider else entry.requires
     versions = ", ".join(f"{p} {_version(p) or '?'}" for p in packages)
     return f"installed ({versions or 'standard library'})"

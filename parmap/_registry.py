@@ -94,6 +94,7 @@ _specs: dict[str, BackendSpec] = {
         BackendSpec("loky", "parmap.backends._loky:LokyBackend", ("loky",), "loky"),
         BackendSpec("ray", "parmap.backends._ray:RayBackend", ("ray",), "ray"),
         BackendSpec("dask", "parmap.backends._dask:DaskBackend", ("dask", "distributed"), "dask"),
+        BackendSpec("mpi", "parmap.backends._mpi:MPIBackend", ("mpi4py",), "mpi"),
     )
 }
 # What adapts a user's executor passed as backend= (see name_of).
@@ -173,8 +174,14 @@ def _importable(module: str) -> bool:
 
 
 def available_backends() -> list[str]:
-    """The known backends whose packages are installed (``"auto"`` is a choice, not one)."""
-    return [name for name in backend_names() if name != AUTO and is_installed(name)]
+    """The backends that can run here: their packages installed, and usable in this process
+    (see :meth:`parmap.backends.Backend.usable`; ``"auto"`` is a choice, not one)."""
+    return list(installed_classes())
+
+
+def unusable_reason(name: str) -> str | None:
+    """Why installed backend ``name`` cannot run in this process, or None."""
+    return backend_class(name).usable()
 
 
 def default_backend() -> str:
@@ -308,14 +315,20 @@ def backend_class(name: str, *, source: str = "argument") -> type[Backend]:
 
 
 def installed_classes() -> dict[str, type[Backend]]:
-    """Every installed backend's class, by name (a backend that fails to import is left
-    out, with a warning): what ``auto``, calibration and ``parmap info`` look at."""
+    """The class of every backend that can run here, by name: installed, importable (one
+    that fails to import is left out, with a warning) and usable in this process. What
+    ``auto``, calibration and the benchmarks look at."""
     found = {}
-    for name in available_backends():
+    for name in backend_names():
+        if name == AUTO or not is_installed(name):
+            continue
         try:
-            found[name] = backend_class(name)
+            cls = backend_class(name)
         except Exception as exc:
             log.warning("parmap: backend %r cannot be loaded: %s", name, exc)
+            continue
+        if cls.usable() is None:
+            found[name] = cls
     return found
 
 

@@ -20,9 +20,13 @@ cloudpickle.register_pickle_by_value(funcs)
 BUILT_IN = ("serial", "threads", "multiprocessing", "loky", "ray", "dask")
 # Every installed backend: the built-in ones, then any registered through an entry
 # point (examples/custom_backend, once installed), which pass the same contract suite.
+# (backend="mpi" is usable only in rank 0 of `mpiexec -n N python -m mpi4py.futures`: the
+# suite runs it there, tests/test_mpi.py, with $PARMAP_TEST_BACKENDS=mpi, comma-separated
+# names, narrowing the backend fixture to it.)
 BACKENDS = [name for name in BUILT_IN if is_installed(name)] + [
     name for name in parmap.available_backends() if name not in BUILT_IN
 ]
+NARROWED = [name for name in os.environ.get("PARMAP_TEST_BACKENDS", "").split(",") if name]
 # Where fn may run in the test process itself (auto picks serial for small, cheap inputs).
 IN_PROCESS = ("serial", "auto", "threads")
 # The user's own executors, passed as backend=: a fresh one per test (a broken
@@ -40,7 +44,7 @@ def in_process(backend) -> bool:
     return backend in IN_PROCESS or isinstance(backend, cf.ThreadPoolExecutor)
 
 
-@pytest.fixture(params=[*BACKENDS, "auto", *EXECUTORS])
+@pytest.fixture(params=NARROWED or [*BACKENDS, "auto", *EXECUTORS])
 def backend(request):
     """Every installed backend, auto, and an executor of each kind; the contract suite
     runs once per each."""

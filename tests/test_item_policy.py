@@ -17,6 +17,7 @@ import pytest
 from conftest import in_process
 
 import parmap
+from parmap._registry import backend_class
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -39,9 +40,11 @@ def hang_at(*bad):
 
 
 def refuses(backend):
-    """Backends that cannot stop a running item: those that run fn on the caller's own
-    threads, and an executor parmap does not own."""
-    return backend in ("serial", "threads") or isinstance(backend, cf.Executor)
+    """Backends that cannot stop an item: those that run fn on the caller's own threads,
+    mpi (a rank cannot be stopped), and an executor parmap does not own."""
+    if isinstance(backend, cf.Executor):
+        return True
+    return backend != "auto" and not backend_class(backend).stops_running
 
 
 def test_hanging_items_stand_in_their_places(backend, census):
@@ -134,13 +137,11 @@ def test_a_crashed_item_stands_as_worker_crashed_once_retries_are_spent(backend,
     got = parmap.parmap(
         funcs.exit_at(7), range(12), backend=backend, chunksize=4, return_exceptions=True
     )
-    assert isinstance(got[7], parmap.WorkerCrashedError)
-    assert all(v == i for i, v in enumerate(got) if not isinstance(v, Exception))
-    # only 7's batch is lost; but a broken executor of the caller's takes no more work,
-    # which parmap cannot restart: every batch not done by then (maybe all) is lost with it
-    kept = 0 if isinstance(backend, cf.Executor) else 8
-    assert sum(not isinstance(v, Exception) for v in got) >= kept
-    assert all(isinstance(v, parmap.WorkerCrashedError) for v in got if isinstance(v, Exception))
+    lost = [i for i, v in enumerate(got) if isinstance(v, parmap.WorkerCrashedError)]
+    assert set(range(4, 8)) <= set(lost), got  # item 7's batch
+    # the other batches come back, or were lost with the same worker or pool (a process
+    # pool breaks whole; how many were in flight then is the machine's timing)
+    assert all(v == i for i, v in enumerate(got) if i not in lost), got
 
 
 def test_keyboard_interrupt_and_system_exit_still_stop_the_call(backend, census):

@@ -133,6 +133,16 @@ class Backend(abc.ABC):
         self.options = options
 
     @classmethod
+    def usable(cls) -> str | None:
+        """Why this backend cannot run in this process, or None if it can (the default).
+
+        For a backend that needs a context to run in (MPI's needs the ranks of an
+        MPI job): outside it, it is installed but not available, so ``auto``,
+        calibration and the benchmarks leave it out. Must not import the engine.
+        """
+        return None
+
+    @classmethod
     def attached(cls) -> bool:
         """Whether the caller's own code already runs this engine in this process (for
         Ray: ``ray.init()``). It then counts as started, and as the cluster to use.
