@@ -201,6 +201,14 @@ def _thread_probe_size(cost: float, n_rest: int) -> int:
     return size if size >= 4 else 0
 
 
+def _parallel_share(fn_name: str, unmeasured: float = 1.0) -> float:
+    """:func:`parallel_fraction`'s share alone, for every call (no words made)."""
+    speedup = _thread_speedups.get(fn_name)
+    if speedup is None or not gil_enabled():
+        return 1.0 if not gil_enabled() else unmeasured
+    return min(1.0, max(0.0, 2.0 * (1.0 - 1.0 / speedup)))
+
+
 def parallel_fraction(fn_name: str, unmeasured: float = 1.0) -> tuple[float, str]:
     """The share of ``fn``'s work that runs in parallel on the caller's threads, and why.
 
@@ -233,7 +241,8 @@ def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool
     if cost is None or n_items is None:
         return False
     workers = workers or _default_workers()
-    floor = _calibration.load(workers).floor(n_items, cost, workers)
+    parallel = _parallel_share(fn_name)
+    floor = _calibration.load(workers).floor(n_items, cost, workers, parallel)
     serial = n_items * cost * EXPLORE_BAND <= floor  # beyond even a try (see _explore)
     if serial and log.isEnabledFor(logging.DEBUG):
         log.debug(
@@ -283,7 +292,8 @@ def decide(
     decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
     calibration = _calibration.load(workers)
     decision.calibration = calibration
-    floor = calibration.floor(n_items, cost, workers)
+    parallel = _parallel_share(fn_name, unmeasured)
+    floor = calibration.floor(n_items, cost, workers, parallel)
     if not stops and (n_items < 2 or serial_seconds * EXPLORE_BAND <= floor):
         return decision  # no backend can win: skip the candidates
     for name in candidates(options, stops=stops):

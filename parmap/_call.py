@@ -162,6 +162,7 @@ def _thread_probe(
     parts = [items[a:b] for a, b in itertools.pairwise(cuts)]
     spec = spec or CallSpec("local", fn, star)
     prepared = backend.prepare(spec)
+    backend.submit(prepared, []).result()  # its threads started: not part of the timing
     outcomes: list[Outcome | None] = [None] * n_parts
 
     def timed(*group: int) -> float:

@@ -128,3 +128,18 @@ def test_a_calibration_without_threads_still_lets_auto_choose_them(tmp_path, mon
         assert decision.chosen == "threads", str(decision)
     finally:
         _calibration.reload()
+
+
+def test_a_function_that_holds_the_gil_keeps_auto_s_fast_path():
+    """Once measured at about 1x on threads, a cheap call's floor leaves threads out: the
+    call is decided serial without predictions (stays_serial), as before threads existed."""
+    from parmap._calibration import defaults
+
+    name = "tests.holds_the_gil"
+    costs.observe(("name:" + name,), 1000, 1000 * 1e-6)  # 1 µs an item
+    floor = defaults(2).floor(1000, 1e-6, 2)  # unmeasured: threads count, taken as parallel
+    assert floor < 1000 * 1e-6 * _auto.EXPLORE_BAND
+    assert not _auto.stays_serial(name, 1000, 2)
+    _auto._thread_speedups[name] = 1.0
+    assert defaults(2).floor(1000, 1e-6, 2, parallel=0.0) > floor
+    assert _auto.stays_serial(name, 1000, 2)
