@@ -83,6 +83,13 @@ def line(title: str, times: dict[str, list[float]]) -> None:
     print(f"  {title}: " + ", ".join(f"{n} {fmt_seconds(median(t))}" for n, t in times.items()))
 
 
+def auto_says(fn: Callable[[Any], Any], items: list[Any]) -> str:
+    """What auto chooses now for these items, and how it found the function scales on
+    threads (from its remembered costs: nothing runs)."""
+    decision = parmap.explain(fn, items)
+    return f"chooses {decision.chosen}; on threads: {decision.on_threads or 'not considered'}"
+
+
 def gil_free(checks: Checks, repeats: int) -> None:
     items = [os.urandom(4 << 20) for _ in range(48)]
     choices = {"map": "map", **{name: name for name in LOCAL}, "auto": "auto"}
@@ -97,6 +104,7 @@ def gil_free(checks: Checks, repeats: int) -> None:
                    0.6)  # fmt: skip
     best = min((n for n in choices if n != "auto"), key=lambda n: median(t[n]))
     ratio = paired_ratio(t["auto"], t[best])
+    print(f"    auto: {auto_says(sha256, items)}")
     checks.at_most(f"auto / best choice ({best}), GIL-free 48 x sha256 of 4 MiB", ratio, 1.15)
 
 
@@ -111,6 +119,7 @@ def gil_bound(checks: Checks, repeats: int, ceiling: Ceiling) -> None:
     print(f"    machine's ceiling now: {paired_ratio(t['ceiling'], t['map']):.2f} x serial")
     best = min((n for n in t if n not in ("auto", "ceiling")), key=lambda n: median(t[n]))
     ratio = paired_ratio(t["auto"], t[best])
+    print(f"    auto: {auto_says(work, items)}")
     checks.at_most(f"auto / best choice ({best}), GIL-bound ~10 ms x 200", ratio, 1.15)
 
 
