@@ -173,17 +173,6 @@ def _split_corpus(stdout: str) -> dict[str, tuple[int, str]]:
     return outcomes
 
 
-# Differences from serial that are known and not the SCOOP layer's doing.
-KNOWN = {
-    ("dask", "deap_onemax.py"): (
-        "distributed's gather_from_workers() draws random.choice() from the global random "
-        "module in the caller, so DEAP's seeded random stream diverges from serial "
-        "(distributed/utils_comm.py); to fix in parmap/backends/_dask.py, e.g. by gathering "
-        "through the scheduler"
-    ),
-}
-
-
 @pytest.mark.parametrize("backend", TOGETHER)
 def test_corpus_in_one_launcher_matches_serial(backend):
     specs = ["::".join([s, *ARGS.get(s, [])]) for s in SCRIPTS]
@@ -191,14 +180,8 @@ def test_corpus_in_one_launcher_matches_serial(backend):
     assert done.returncode == 0, done.stderr[-3000:]
     outcomes = _split_corpus(done.stdout)
     assert sorted(outcomes) == SCRIPTS, done.stdout[-3000:] + done.stderr[-3000:]
-    known = []
     for script in SCRIPTS:
-        if (backend, script) in KNOWN and outcomes[script] != oracle(script):
-            known.append(KNOWN[backend, script])
-            continue
         assert outcomes[script] == oracle(script), (script, done.stderr[-3000:])
-    if known:
-        pytest.xfail("; ".join(known))
 
 
 @pytest.mark.parametrize("script", ["argv_exit.py", "uncaught_error.py"])
