@@ -69,6 +69,7 @@ EXPLORE_EVERY = 8  # ... or, warm and predicted within EXPLORE_BAND of serial, b
 EXPLORE_BAND = 1.25
 THREAD_PROBE_SECONDS = 1e-2  # of work per part of the scaling probe, at least ...
 THREAD_PROBE_ITEMS = 16  # ... in at most this many items per part
+SCALING_PROBES = 3  # measurements of a function's scaling on threads: the median is kept
 
 
 @dataclass
@@ -161,33 +162,50 @@ def plan(
     remaining = None if total is None else max(0, total - len(probed))
     rest, n_rest, exact = _count(items, remaining, len(probed))
     workers = workers or _default_workers()
-    decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
-    if _scaling_unknown(fn_name, decision):
+    unsettled = _unsettled(fn_name)  # decided as if parallel on threads, to see if it matters
+    decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops,
+                      optimistic=unsettled)  # fmt: skip
+    if unsettled and _shares_gil(decision.chosen):
         size = _thread_probe_size(cost, n_rest)
+        unmeasured = 1.0
         if probe_threads is not None and size:
             chunk = read_items(rest, size, len(probed))
             results, speedup = probe_threads(decision.chosen, chunk, len(probed))
             probed += results
             n_rest -= len(chunk)
-            _bounded(_thread_speedups)[fn_name] = speedup
-            decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
-            if decision.on_threads:
-                decision.on_threads += f" (measured on {len(chunk)} items)"
+            _record_speedup(fn_name, speedup)
         else:  # too few items to tell: as most Python code does, it holds the GIL
-            decision = decide(fn_name, n_rest, exact, cost, source, workers, options,
-                              stops=stops, unmeasured=0.0)  # fmt: skip
+            unmeasured = 0.0
+        decision = decide(fn_name, n_rest, exact, cost, source, workers, options,
+                          stops=stops, unmeasured=unmeasured)  # fmt: skip
     decision.probe = probed
     log.debug("%s", decision)
     return decision, rest, n_rest if exact else None
 
 
-def _scaling_unknown(fn_name: str, decision: Decision) -> bool:
-    """Whether auto chose a backend whose workers share the GIL, for a function whose
-    scaling on threads it only assumed (taken as parallel, the best case): measure it."""
-    chosen = decision.chosen
-    if chosen == "serial" or fn_name in _thread_speedups or not gil_enabled():
+def _unsettled(fn_name: str) -> bool:
+    """Whether how ``fn`` scales on threads is still to be measured (again): unknown, or
+    measured fewer than SCALING_PROBES times (one measurement on a busy machine can be
+    far off; the median of three is kept)."""
+    if not gil_enabled():
         return False
-    return _registry.backend_class(chosen).shares_gil
+    measured = len(_thread_probes.get(fn_name, ()))
+    return fn_name not in _thread_speedups or 0 < measured < SCALING_PROBES
+
+
+def _shares_gil(name: str) -> bool:
+    return name != "serial" and _registry.backend_class(name).shares_gil
+
+
+def _record_speedup(fn_name: str, speedup: float) -> None:
+    """Keep a probe's measurement; the function's estimate is the median so far (of two:
+    their mean)."""
+    found = _bounded(_thread_probes).setdefault(fn_name, [])
+    found.append(speedup)
+    ordered = sorted(found)
+    middle = len(ordered) // 2
+    estimate = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    _bounded(_thread_speedups)[fn_name] = estimate
 
 
 def _thread_probe_size(cost: float, n_rest: int) -> int:
@@ -209,17 +227,22 @@ def _parallel_share(fn_name: str, unmeasured: float = 1.0) -> float:
     return min(1.0, max(0.0, 2.0 * (1.0 - 1.0 / speedup)))
 
 
-def parallel_fraction(fn_name: str, unmeasured: float = 1.0) -> tuple[float, str]:
+def parallel_fraction(
+    fn_name: str, unmeasured: float = 1.0, optimistic: bool = False
+) -> tuple[float, str]:
     """The share of ``fn``'s work that runs in parallel on the caller's threads, and why.
 
     From the two-thread speed-up ``s`` that the probe measured, by Amdahl's law
     (``s = 1 / ((1 - f) + f / 2)``); 1 without a GIL; ``unmeasured`` before any
     measurement (1: the best case, to see whether threads could win at all; 0 when
-    too few items are left to measure).
+    too few items are left to measure); 1 when ``optimistic`` (the best case, to see
+    whether measuring again matters).
     """
     if not gil_enabled():
         return 1.0, "this interpreter has no GIL: threads run Python code in parallel"
     speedup = _thread_speedups.get(fn_name)
+    if optimistic:
+        return 1.0, "taken as parallel until measured"
     if speedup is None:
         if unmeasured:
             return unmeasured, "not measured yet (taken as parallel)"
@@ -231,7 +254,9 @@ def parallel_fraction(fn_name: str, unmeasured: float = 1.0) -> tuple[float, str
         why = "it releases the GIL for part of its work"
     else:
         why = "it holds the GIL, so threads run it one at a time"
-    return fraction, f"{speedup:.2f}x the serial speed on 2 threads: {why}"
+    times = len(_thread_probes.get(fn_name, ())) or 1
+    measured = f" (median of {times} measurements)" if times > 1 else ""
+    return fraction, f"{speedup:.2f}x the serial speed on 2 threads{measured}: {why}"
 
 
 def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool:
@@ -278,11 +303,13 @@ def decide(
     *,
     stops: bool = False,
     unmeasured: float = 1.0,
+    optimistic: bool = False,
 ) -> Decision:
     """Predict each candidate and choose (see the module docstring).
 
-    ``unmeasured``: the parallel share of the work on the caller's threads taken for a
-    function not measured there yet (see :func:`parallel_fraction`).
+    ``unmeasured``, ``optimistic``: the parallel share of the work on the caller's
+    threads taken for a function not measured there (enough) yet (see
+    :func:`parallel_fraction`).
 
     With ``stops`` (``item_timeout=``), serial is not a choice: the fastest
     backend that can stop a running item is.
@@ -292,7 +319,7 @@ def decide(
     decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
     calibration = _calibration.load(workers)
     decision.calibration = calibration
-    parallel = _parallel_share(fn_name, unmeasured)
+    parallel = 1.0 if optimistic else _parallel_share(fn_name, unmeasured)
     floor = calibration.floor(n_items, cost, workers, parallel)
     if not stops and (n_items < 2 or serial_seconds * EXPLORE_BAND <= floor):
         return decision  # no backend can win: skip the candidates
@@ -304,7 +331,7 @@ def decide(
             continue  # cannot win even warm: skip the batch simulation
         predicted = model.predict(n_items, cost)
         if _registry.backend_class(name).shares_gil:
-            fraction, decision.on_threads = parallel_fraction(fn_name, unmeasured)
+            fraction, decision.on_threads = parallel_fraction(fn_name, unmeasured, optimistic)
             # the work that does not run in parallel takes its serial time
             rounds = math.ceil(n_items / workers)
             predicted += model.work_factor * cost * (1.0 - fraction) * (n_items - rounds)
@@ -361,6 +388,7 @@ def _explore(fn_name: str, name: str, decision: Decision) -> bool:
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
 _missed: dict[tuple[str, str], float] = {}  # (fn, backend) -> seconds serial cost beyond it
 _thread_speedups: dict[str, float] = {}  # fn -> its speed-up on two of the caller's threads
+_thread_probes: dict[str, list[float]] = {}  # fn -> each measurement of it so far
 _first_calls: set[tuple[str, str]] = set()
 _explored: dict[tuple[str, str], int] = {}
 _FEEDBACK_ENTRIES = 4096
@@ -380,6 +408,7 @@ def forget(fn_name: str) -> None:
         for key in [key for key in list(table) if key[0] == fn_name]:
             table.pop(key, None)
     _thread_speedups.pop(fn_name, None)
+    _thread_probes.pop(fn_name, None)
     for key in [key for key in list(_first_calls) if key[0] == fn_name]:
         _first_calls.discard(key)
 
