@@ -67,8 +67,9 @@ PROBE_ITEMS = 32
 SERIAL_MARGIN = 1.1  # a backend must be predicted this much faster than serial
 EXPLORE_EVERY = 8  # ... or, warm and predicted within EXPLORE_BAND of serial, be due a try
 EXPLORE_BAND = 1.25
-THREAD_PROBE_SECONDS = 1e-2  # of work per part of the scaling probe, at least ...
+THREAD_PROBE_SECONDS = 1.5e-2  # of work per part of the scaling probe, at least ...
 THREAD_PROBE_ITEMS = 16  # ... in at most this many items per part
+PROBE_ROUNDS = 3  # at most, in one measurement: its median round counts
 SCALING_PROBES = 3  # measurements of a function's scaling on threads: the median is kept
 
 
@@ -123,7 +124,7 @@ def plan(
     options: frozenset[str] = frozenset(),
     *,
     stops: bool = False,
-    probe_threads: Callable[[str, Sequence[Any], int], tuple[list[Any], float]] | None = None,
+    probe_threads: Callable[[str, Sequence[Any], int, int], tuple[list[Any], float]] | None = None,
 ) -> tuple[Decision, Iterator[Any], int | None]:
     """Decide one call.
 
@@ -140,8 +141,8 @@ def plan(
         stops: the call needs a backend that can stop a running item
             (``item_timeout=``): serial is out, and so are backends that cannot.
         probe_threads: runs the given items (the next ones; the index of the
-            first given) partly here, alone, and partly two batches at once on the
-            named backend; returns their results and its speed-up over serial: how
+            first given) in rounds, partly here, alone, and partly two batches at
+            once on the named backend; returns their results and its speed-up over serial: how
             the function scales on that backend's threads, measured when it matters
             (see the module docstring).
 
@@ -166,11 +167,11 @@ def plan(
     decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops,
                       optimistic=unsettled)  # fmt: skip
     if unsettled and _shares_gil(decision.chosen):
-        size = _thread_probe_size(cost, n_rest)
+        size, rounds = _thread_probe_size(cost, n_rest)
         unmeasured = 1.0
         if probe_threads is not None and size:
             chunk = read_items(rest, size, len(probed))
-            results, speedup = probe_threads(decision.chosen, chunk, len(probed))
+            results, speedup = probe_threads(decision.chosen, chunk, len(probed), rounds)
             probed += results
             n_rest -= len(chunk)
             _record_speedup(fn_name, speedup)
@@ -208,15 +209,20 @@ def _record_speedup(fn_name: str, speedup: float) -> None:
     _bounded(_thread_speedups)[fn_name] = estimate
 
 
-def _thread_probe_size(cost: float, n_rest: int) -> int:
-    """Items for the scaling probe: ten parts (four serial, three pairs on two threads at
-    once) of THREAD_PROBE_SECONDS of work each, at least one item each, never over half
-    of what is left; 0 when that is under 4 items (too few to tell: taken as holding
+def _thread_probe_size(cost: float, n_rest: int) -> tuple[int, int]:
+    """The scaling probe's items and rounds: each round a part alone and two at once, one
+    more part alone at the end, parts of THREAD_PROBE_SECONDS of work (a thread's wake-up
+    on a busy machine must not count), up to PROBE_ROUNDS rounds, never over half of
+    what is left; (0, 0) when that is under 4 items (too few to tell: taken as holding
     the GIL). Nothing is lost: the results are the call's, and even work that holds
     the GIL runs on two threads about as fast as serially."""
+    budget = n_rest // 2
+    if budget < 4:
+        return 0, 0
     per_part = min(THREAD_PROBE_ITEMS, max(1, math.ceil(THREAD_PROBE_SECONDS / max(cost, 1e-9))))
-    size = min(10 * per_part, n_rest // 2)
-    return size if size >= 4 else 0
+    rounds = max(1, min(PROBE_ROUNDS, (budget // per_part - 1) // 3))
+    per_part = min(per_part, budget // (3 * rounds + 1))
+    return per_part * (3 * rounds + 1), rounds
 
 
 def _parallel_share(fn_name: str, unmeasured: float = 1.0) -> float:

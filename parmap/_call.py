@@ -134,9 +134,6 @@ def _in_place(
     return results
 
 
-PROBE_ROUNDS = 3  # alone, two at once, alone, two at once, ... alone: the median round
-
-
 def _thread_probe(
     fn: Callable[[Any], Any],
     items: Sequence[Any],
@@ -144,11 +141,12 @@ def _thread_probe(
     start: int,
     spec: CallSpec | None,
     backend: Backend,
+    rounds: int,
 ) -> tuple[list[Any], float]:
     """How ``fn`` scales on ``backend``'s workers, threads of this process: ``items`` (at
     least 4) cut in equal parts that run in turns, one part alone here (timed: the
-    serial reference), then two parts at once as two batches on the backend, for up to
-    PROBE_ROUNDS rounds, then one part alone. Each round's speed-up is against the
+    serial reference), then two parts at once as two batches on the backend, for
+    ``rounds`` rounds, then one part alone. Each round's speed-up is against the
     faster of the serial parts around it (other load on the machine then errs towards
     not using threads); the median round's, at most 2, is returned with the results,
     in order. The batches run on the backend the call is about to use, so its threads
@@ -157,7 +155,7 @@ def _thread_probe(
     Raises:
         Exception: what ``fn`` raised on the first failing item, as in place.
     """
-    n_parts = 3 * max(1, min(PROBE_ROUNDS, (len(items) - 1) // 3)) + 1
+    n_parts = 3 * max(1, min(rounds, (len(items) - 1) // 3)) + 1
     cuts = [len(items) * k // n_parts for k in range(n_parts + 1)]
     parts = [items[a:b] for a, b in itertools.pairwise(cuts)]
     spec = spec or CallSpec("local", fn, star)
@@ -380,15 +378,18 @@ class Call:
 
     def _probe_threads(
         self, spec: CallSpec | None
-    ) -> Callable[[str, Sequence[Any], int], tuple[list[Any], float]]:
+    ) -> Callable[[str, Sequence[Any], int, int], tuple[list[Any], float]]:
         """Measure how ``fn`` scales on the threads of backend ``name`` on the given items
         (the call's next: their results are kept; see :func:`_thread_probe`); return the
         results and the speed-up."""
 
-        def probe(name: str, chunk: Sequence[Any], start: int) -> tuple[list[Any], float]:
+        def probe(
+            name: str, chunk: Sequence[Any], start: int, rounds: int
+        ) -> tuple[list[Any], float]:
             cls = _registry.backend_class(name)
             with _registry.lease(name, self.settings.options_for(cls)) as backend:
-                results, speedup = _thread_probe(self.fn, chunk, self.star, start, spec, backend)
+                results, speedup = _thread_probe(self.fn, chunk, self.star, start, spec,
+                                                 backend, rounds)  # fmt: skip
             self.probed.extend(results)
             return results, speedup
 
