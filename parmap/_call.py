@@ -41,7 +41,7 @@ from parmap._driver import Driver, RandomState
 from parmap._errors import SerializationError
 from parmap._failures import error_from, in_place, item_repr
 from parmap._serialization import digest, dumps, dumps_function
-from parmap._share import publishing
+from parmap._share import live_shares, publishing
 from parmap._worker import CallSpec, Outcome, execute, run_items
 from parmap.backends._base import Backend
 
@@ -539,7 +539,8 @@ def _spec(
             init_blob = _dumps_or_raise((init, settings.initargs), "initializer", dumps_function)
     token = digest(fn_blob)
     spec = CallSpec(token, fn_blob, star, digest(init_blob) if init_blob else None, init_blob,
-                    settings.item_timeout, settings.return_exceptions)  # fmt: skip
+                    settings.item_timeout, settings.return_exceptions,
+                    live_shares=live_shares())  # fmt: skip
     return spec, (token, name_key)
 
 

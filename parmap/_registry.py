@@ -12,8 +12,11 @@ Live instances are kept per name and options, and leased to calls::
 
     lease(name, options)    the instance for these options, started on first use;
                             a call holds it until it ends
-    another option set      a new instance; the old one is shut down once no
-                            call holds it (a thread still using it is never cut off)
+    another option set      a new instance; the instances of the two option sets
+                            used last stay (two threads with different options
+                            do not restart each other's workers at every call);
+                            an older one is shut down once no call holds it (a
+                            thread still using it is never cut off)
     shutdown()              at parmap.shutdown() or interpreter exit
 
 A ``concurrent.futures.Executor`` passed as ``backend=`` is adopted: it becomes
@@ -343,7 +346,8 @@ class _Live:
     retired: bool = False  # superseded by another option set: shut down when unleased
 
 
-_live: dict[str, list[_Live]] = {}  # name -> instances, the newest last
+_live: dict[str, list[_Live]] = {}  # name -> instances, the one used last at the end
+KEEP = 2  # instances per backend name kept for the option sets used last
 
 
 @contextlib.contextmanager
@@ -351,9 +355,9 @@ def lease(name: str, options: dict[str, Any], *, source: str = "argument") -> It
     """The live instance of backend ``name`` for these options, held for one call.
 
     Started on first use and reused by later calls with the same options. A call
-    with other options gets its own instance; the older one is shut down as soon
-    as no call holds it, so threads with different options never stop each
-    other's backend.
+    with other options gets its own instance; the instances of the :data:`KEEP`
+    option sets used last stay, and an older one is shut down as soon as no call
+    holds it, so threads with different options never stop each other's backend.
 
     Raises:
         UnknownBackendError, BackendNotInstalledError: see :func:`backend_class`.
@@ -372,19 +376,22 @@ def _acquire(name: str, options: dict[str, Any], source: str) -> _Live:
         for entry in reversed(instances):
             if entry.key == key and not entry.retired:
                 entry.leases += 1
+                if instances[-1] is not entry:  # used last: at the end
+                    instances.remove(entry)
+                    instances.append(entry)
                 return entry
         cls = backend_class(name, source=source)
         entry = _Live(cls(**dict(key)), key, leases=1)
-        doomed = _retire(instances)
         instances.append(entry)
+        doomed = _retire(instances, [e for e in instances if not e.retired][:-KEEP])
     _stop(doomed)
     return entry
 
 
-def _retire(instances: list[_Live]) -> list[_Live]:
-    """Mark the current instances superseded; return those no call holds (lock held)."""
+def _retire(instances: list[_Live], older: list[_Live]) -> list[_Live]:
+    """Mark ``older`` superseded; remove and return those no call holds (lock held)."""
     doomed = []
-    for entry in instances:
+    for entry in older:
         entry.retired = True
         if entry.leases == 0:
             doomed.append(entry)

@@ -26,8 +26,11 @@ never imports DEAP itself.
 from __future__ import annotations
 
 import copyreg
+import gc
 import hashlib
 import io
+import itertools
+import operator
 import pickle
 import sys
 import types
@@ -66,12 +69,35 @@ def _code_reduce(code: types.CodeType) -> Any:
 
 _CLOUDPICKLE_CODE_REDUCE = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
 _DYNAMIC_FILENAME = "<dynamic-code>"
-_OWN_REDUCERS = {types.CodeType: _code_reduce} if _CLOUDPICKLE_CODE_REDUCE else {}
+
+
+def _repeat_reduce(repeat: itertools.repeat[Any]) -> Any:
+    """An ``itertools.repeat`` rebuilt with its element and the repeats it has left.
+
+    gh-101588: Python 3.14 no longer pickles itertools objects (3.12 and 3.13 warn),
+    and DEAP's ``tools.DeltaPenalty(feasible, delta)`` keeps ``repeat(delta)`` in the
+    closure of every evaluation it decorates. The element is read without advancing
+    the repeat: an endless one gives the same element to ``next()`` forever, and a
+    finite one is the only object it refers to besides its type.
+    """
+    left = operator.length_hint(repeat, -1)
+    if left < 0:  # endless: next() leaves it as it was
+        return itertools.repeat, (next(repeat),)
+    held = [obj for obj in gc.get_referents(repeat) if obj is not type(repeat)]
+    if len(held) != 1:  # another implementation: let pickle say what it can do
+        return repeat.__reduce_ex__(PROTOCOL)
+    return itertools.repeat, (held[0], left)
+
+
+_OWN_REDUCERS: dict[type, Callable[[Any], Any]] = {itertools.repeat: _repeat_reduce}
+if _CLOUDPICKLE_CODE_REDUCE:
+    _OWN_REDUCERS[types.CodeType] = _code_reduce
 
 
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, with exceptions pickled by their own ``__reduce__`` and code objects
-    keeping their file name (see :func:`_code_reduce`).
+    """cloudpickle, with exceptions pickled by their own ``__reduce__``, code objects
+    keeping their file name (see :func:`_code_reduce`) and ``itertools.repeat`` pickled
+    on every Python (see :func:`_repeat_reduce`).
 
     python-tblib#87: the copyreg reducers that tblib installs for every exception
     class (``distributed`` does so on import, so on every Dask worker) drop the

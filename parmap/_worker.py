@@ -38,6 +38,7 @@ __all__ = [
     "ErrorRecord",
     "ItemFailed",
     "Outcome",
+    "drop_released",
     "holds",
     "on_worker",
     "prepare_pool_worker",
@@ -93,6 +94,9 @@ class CallSpec:
     initializer: Any = None
     item_timeout: float | None = None  # seconds one item may run (see run_items)
     keep_going: bool = False  # an item's exception is its result (return_exceptions)
+    # The caller's share() prefix and its live tokens (parmap._share.live_shares): a
+    # worker drops the caller's cached values that are not among them. Empty: drop none.
+    live_shares: tuple[str, ...] = ()
 
     @property
     def inline(self) -> bool:
@@ -305,6 +309,8 @@ def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
     """
     global in_worker
     in_worker = True
+    if spec.live_shares:
+        drop_released(spec.live_shares)
     try:
         if spec.init_token is not None and spec.init_token not in _initialized:
             spec = _with_initializer(spec)
@@ -318,6 +324,18 @@ def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
         outcome = execute(spec, fn, items)
     outcome.pid = os.getpid()
     return _dump(outcome)
+
+
+def drop_released(live: tuple[str, ...]) -> None:
+    """Forget the cached ``share()`` values of a caller that are not in its live list.
+
+    Args:
+        live: the caller's token prefix, then the tokens of its live handles.
+    """
+    owner, keep = live[0], frozenset(live[1:])
+    for token in list(shared_values):  # list(): one step, other batch threads may add
+        if token.startswith(owner) and token not in keep:
+            shared_values.pop(token, None)
 
 
 def holds(spec: CallSpec) -> bool:

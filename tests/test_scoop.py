@@ -17,7 +17,6 @@ import functools
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -370,16 +369,18 @@ def _free_port() -> int:
 
 def test_cluster_address_replaces_scoop_hosts():
     """SCOOP's --hosts/--hostfile become a cluster address: a real Dask cluster on 127.0.0.1."""
-    if "dask" not in TOGETHER or shutil.which("dask") is None:
-        pytest.skip("dask (and its dask command) not available")
+    if "dask" not in TOGETHER:
+        pytest.skip("dask not available")
     address = f"tcp://127.0.0.1:{_free_port()}"
     mark = uuid.uuid4().hex
     env = {**os.environ, MARKER: mark}
+    dask = [sys.executable, "-m", "dask"]  # this interpreter's, activated or not
+    port = address.rsplit(":", 1)[1]
     cluster = [
-        subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port",
-                          address.rsplit(":", 1)[1], "--no-dashboard"],
+        subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", port,
+                          "--no-dashboard"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen(["dask", "worker", address, "--nworkers", "2", "--nthreads", "1",
+        subprocess.Popen([*dask, "worker", address, "--nworkers", "2", "--nthreads", "1",
                           "--no-dashboard"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]  # fmt: skip

@@ -54,6 +54,11 @@ class Locator:
         """Return the shared value (on a worker)."""
         raise NotImplementedError
 
+    def current(self) -> bool:
+        """Whether this locator still finds the value (in the caller). False when the
+        engine restarted since it was published: the handle then publishes it again."""
+        return True
+
 
 class InlineLocator(Locator):
     """The value travels inside the pickled function (the default)."""

@@ -2,10 +2,11 @@
 
 One task's journey, on a cluster parmap connects to or a client it adopts::
 
-    submit(prepared, items)   client.submit(run_batch, spec, items, pure=False, retries=0)
+    submit(prepared, items)   client.submit(run_batch_task, spec, items, pure=False, retries=0)
           │                   pure=False: identical batches still run (noisy fitness)
           ▼
-    a worker thread           parmap._worker.run_batch -> Outcome bytes (fn's errors inside)
+    a worker thread           parmap._worker.run_batch -> Outcome bytes (fn's errors inside;
+                              a share() value lost with every copy: SharedLost, retried)
           │
     the client's event loop   _fetch: gather the task's bytes
           ▼
@@ -34,6 +35,7 @@ import contextlib
 import logging
 import os
 import pickle
+import shutil
 import signal
 import threading
 import time
@@ -44,19 +46,29 @@ from typing import Any
 
 import dask
 import distributed
+import distributed.security
 from distributed.client import FutureCancelledError
 
 from parmap._errors import BackendNotInstalledError, WorkerCrashedError, describe_exit
 from parmap._serialization import loads
-from parmap._worker import CallSpec, Outcome, run_batch
+from parmap._worker import CallSpec, Outcome
 from parmap.backends._base import Locator, default_workers
-from parmap.backends._dask_direct import DirectPool, WorkerLost, install_runner
+from parmap.backends._dask_direct import (
+    DirectPool,
+    SharedLost,
+    WorkerLost,
+    install_runner,
+    note_lost,
+    run_batch_task,
+)
+from parmap.backends._owned import make_owned_dir
 
 __all__ = ["DaskEngine", "DaskLocator"]
 
 log = logging.getLogger("parmap")
 
 SHARED_FETCH_TIMEOUT = 60.0  # seconds a worker waits for a shared value from its peers
+SHARED_LOST_CHECK = 0.5  # seconds between asking the scheduler whether anyone still holds it
 KILL_TIMEOUT = 30.0  # seconds to wait for the scheduler to drop killed workers
 EXIT_CODE_WAIT = 1.0  # seconds to wait for a nanny to report a dead worker's exit code
 _START_TIMEOUT = 120.0  # seconds for the embedded cluster's workers to register
@@ -74,7 +86,12 @@ _EMBEDDED_CONFIG = {
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
+    # A share() value is broadcast so that each worker holds a copy: the active memory
+    # manager would drop all copies but one within 2 s, and a worker killed with that
+    # one would take the value with it.
+    "distributed.scheduler.active-memory-manager.start": False,
 }
+SCRATCH_PREFIX = "parmap-dask-"  # the embedded cluster's private local_directory (_owned)
 
 
 @dataclass
@@ -87,6 +104,7 @@ class _Session:
     address: str | None = None  # the address parmap connected to
     cluster: distributed.LocalCluster | None = None  # set when parmap started it
     direct: DirectPool | None = None  # the embedded cluster's: batches skip the scheduler
+    scratch: str | None = None  # the embedded cluster's local_directory, removed at close
 
     @property
     def alive(self) -> bool:
@@ -128,15 +146,27 @@ class DaskLocator(Locator):
         self.name = name
 
     def load(self) -> Any:
+        """Fetch the value from a worker that holds it. If none does any more (every copy
+        died with its worker), the batch ends as lost (``note_lost``): the caller sends
+        the value again and retries it, as for a dead worker."""
         client = distributed.get_client()  # on a worker: its own client, made once
+        deadline = time.monotonic() + SHARED_FETCH_TIMEOUT
         try:
-            blob = client.get_dataset(self.name).result(timeout=SHARED_FETCH_TIMEOUT)
+            future = client.get_dataset(self.name)
+            while True:
+                try:
+                    return loads(future.result(timeout=SHARED_LOST_CHECK))
+                except TimeoutError:  # a large value on its way, or no copy left?
+                    if not any(client.who_has(future).values()):
+                        raise LookupError("no worker holds it any more") from None
+                    if time.monotonic() > deadline:
+                        raise
         except Exception as exc:
+            note_lost(self.name)
             raise RuntimeError(
                 f"the parmap.share() value {self.name} is not on this Dask cluster ({exc!r}); "
-                "was it restarted by someone else? Run the call again"
+                "parmap sends it again and retries the batch"
             ) from exc
-        return loads(blob)
 
 
 class DaskEngine:
@@ -153,6 +183,7 @@ class DaskEngine:
         self._connected: _Session | None = None  # ours to close: a client to an address
         self._published: dict[str, _Published] = {}
         self._workers_killed = False  # then shared values may have lost every copy
+        self._lost_copies = False  # a worker died, or a batch found a shared value lost
 
     def session(self) -> _Session:
         """The session of the last call if still alive, else the one a call would use now."""
@@ -179,6 +210,15 @@ class DaskEngine:
 
     def submit(self, prepared: _Prepared, items: bytes) -> cf.Future[Any]:
         session = prepared.session
+        if session.client.status != "running":  # lost its scheduler: a batch would wait
+            raise WorkerCrashedError(  # for the client to reconnect (30 s), or forever
+                f"lost the connection to {session.origin} (the Dask client is "
+                f"{session.client.status}): the scheduler died or cannot be reached",
+                retryable=False,
+            )
+        if self._lost_copies:  # a retried batch: its shared values reach every worker first
+            self._lost_copies = False
+            self._republish(session, every=True)
         if session.direct is not None:
             future = session.direct.send(prepared.spec, prepared.full, prepared.light, items)
         else:
@@ -188,8 +228,14 @@ class DaskEngine:
 
     def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
         session: _Session | None = getattr(future, "_parmap_session", None)
+        if isinstance(exc, (WorkerLost, distributed.KilledWorker, SharedLost)) and self._published:
+            self._lost_copies = True  # the copies it held are gone: send them again
         if isinstance(exc, WorkerLost):
             return _worker_lost(exc.address, session)
+        if isinstance(exc, SharedLost):
+            return WorkerCrashedError(
+                f"{exc}; the Dask workers holding every copy died (parmap sends the value again)"
+            )
         if isinstance(exc, distributed.KilledWorker):
             tries = exc.allowed_failures + 1
             again = f"; the scheduler tried {tries} workers" if tries > 1 else ""
@@ -252,7 +298,8 @@ class DaskEngine:
         for address in addresses:
             session.direct.rest(address, float("inf"))
         _kill_workers(session, addresses)
-        self._workers_killed = True
+        self._workers_killed = True  # the next call sends every shared value again,
+        self._lost_copies = bool(self._published)  # and so does this call's next batch
 
     def publish(self, token: str, blob: bytes) -> Locator:
         with self._lock:
@@ -275,19 +322,22 @@ class DaskEngine:
         if client.status == "running" and client.loop is not None:
             client.loop.add_callback(_unpublish, client, entry)
 
-    def _republish(self, session: _Session) -> None:
+    def _republish(self, session: _Session, *, every: bool = False) -> None:
         """Broadcast the shared values that are not on this call's cluster (any more).
 
-        After workers were killed, the scheduler may have lost every copy of a value
-        before our futures hear of it, so then every value is sent again (under a new
-        key: the dataset's name is what workers look up).
+        After workers were killed or died, the scheduler may have lost every copy of a
+        value before our futures hear of it, so then every value is sent again (under
+        a new key: the dataset's name is what workers look up), to every worker.
         """
         with self._lock:
             killed, self._workers_killed = self._workers_killed, False
-            for entry in self._published.values():
+            for entry in list(self._published.values()):
                 here = entry.future.client is session.client and entry.future.status == "finished"
-                if killed or not here:
+                if every or killed or not here:
+                    old = entry.future
                     entry.future = _broadcast(session.client, entry.name, entry.blob)
+                    if old.client is session.client:
+                        old.release()
 
     def describe(self) -> dict[str, Any]:
         session = self._session
@@ -345,8 +395,9 @@ class DaskEngine:
         return _Session(client, "the default Dask client", _threads(client))
 
     def _connect(self, address: str, origin: str) -> _Session:
-        current = self._connected
-        if current is not None and current.address == address and current.alive:
+        current = self._connected  # one that lost its scheduler and reconnects is replaced
+        running = current is not None and current.client.status == "running"
+        if current is not None and running and current.address == address:
             return current
         if current is not None:
             self._connected = None
@@ -370,9 +421,14 @@ class DaskEngine:
             _close(current)
         workers = self.requested_workers or default_workers()
         started = time.perf_counter()
-        with dask.config.set(_EMBEDDED_CONFIG):
-            cluster = _start_local_cluster(workers)
-            client = distributed.Client(cluster, set_as_default=False, direct_to_workers=True)
+        scratch = make_owned_dir(None, SCRATCH_PREFIX)
+        try:
+            with dask.config.set({**_EMBEDDED_CONFIG, "temporary-directory": scratch}):
+                cluster = _start_local_cluster(workers, scratch)
+                client = distributed.Client(cluster, set_as_default=False, direct_to_workers=True)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         _quick(client)
         # Every worker registered before the first batch: each gets its share of the
         # batches, and a broadcast share() value reaches all of them.
@@ -382,7 +438,7 @@ class DaskEngine:
         log.debug("parmap: started a Dask LocalCluster of %d workers in %.2f s", workers, seconds)
         self._embedded = _Session(
             client, "an embedded Dask LocalCluster", workers, cluster=cluster,
-            direct=DirectPool(client, cluster),
+            direct=DirectPool(client, cluster), scratch=scratch,
         )  # fmt: skip
         return self._embedded
 
@@ -405,13 +461,31 @@ def _quick(client: distributed.Client) -> distributed.Client:
     return client
 
 
-def _start_local_cluster(workers: int) -> distributed.LocalCluster:
+def _start_local_cluster(workers: int, scratch: str) -> distributed.LocalCluster:
+    """An embedded cluster on 127.0.0.1 that only this process can use.
+
+    Loopback TCP does not tell who connects: any local user could connect a client
+    and run code in the workers and in this process. So every connection is TLS,
+    both ends proving that they hold a key made for this cluster alone (in memory,
+    never written to disk). The workers keep their files in ``scratch``, a
+    directory of ours (mode 0700), not in a shared ``dask-scratch-space``.
+    """
+    try:
+        security = distributed.security.Security.temporary()
+    except ImportError as exc:  # cryptography: part of the dask extra
+        raise BackendNotInstalledError(
+            f"the embedded Dask cluster needs the cryptography package ({exc}); install "
+            "with: pip install 'parmap-backends[dask]'"
+        ) from exc
     try:
         return distributed.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
+            protocol="tls://",
+            security=security,
+            local_directory=scratch,
             dashboard_address=None,
             # The scheduler serves HTTP even without a dashboard, by default on port
             # 8787: leave that port to the user's own clusters.
@@ -462,7 +536,7 @@ class _Nanny(distributed.Nanny):
 
 
 def _submit_task(client: distributed.Client, spec: Any, items: bytes) -> cf.Future[Any]:
-    task = client.submit(run_batch, spec, items, pure=False, retries=0)
+    task = client.submit(run_batch_task, spec, items, pure=False, retries=0)
     future: cf.Future[Any] = cf.Future()
     loop = client.loop
     assert loop is not None, "a running Client has an event loop"
@@ -564,3 +638,5 @@ def _close(session: _Session) -> None:
             session.cluster.close()
     except Exception:  # pragma: no cover - best effort at exit
         log.warning("parmap: error while closing %s", session.origin, exc_info=True)
+    if session.scratch is not None:
+        shutil.rmtree(session.scratch, ignore_errors=True)

@@ -71,7 +71,15 @@ from parmap._errors import WorkerCrashedError
 from parmap._worker import CallSpec, run_batch
 from parmap.backends._dispatch import Dispatcher, Job
 
-__all__ = ["DirectPool", "WorkerLost", "install_runner"]
+__all__ = [
+    "DirectPool",
+    "SharedLost",
+    "WorkerLost",
+    "install_runner",
+    "note_lost",
+    "run_batch_task",
+    "run_watching",
+]
 
 _RETRY_DELAY = 0.05  # seconds before a worker that was not ready is tried again
 _NO_WORKER_TIMEOUT = 60.0  # seconds queued batches wait for any worker to (re)start
@@ -82,6 +90,42 @@ _INLINE_BYTES = 64 * 1024  # smaller payloads ride in the message itself (0.3 ms
 # -- on the worker ---------------------------------------------------------------------
 
 _waiting: dict[str, cf.Future[bytes]] = {}  # batch id -> its run in the worker's executor
+_batch = threading.local()  # .lost: share() values this thread's batch found lost
+
+
+class SharedLost(Exception):
+    """A batch needed a ``parmap.share()`` value that no worker of the cluster holds any
+    more (every copy died with its worker): the caller sends it again and retries the
+    batch, as for a lost worker."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"parmap.share() value(s) lost with the workers that held them: {names}")
+        self.names = names
+
+
+def note_lost(name: str) -> None:
+    """Called by a shared value's loader that found the value lost (on a worker)."""
+    lost: list[str] | None = getattr(_batch, "lost", None)
+    if lost is not None:
+        lost.append(name)
+
+
+def run_watching(spec: CallSpec, items: bytes) -> tuple[bytes, list[str]]:
+    """``run_batch``, and the shared values it found lost (then its outcome is moot)."""
+    _batch.lost = []
+    try:
+        return run_batch(spec, items), _batch.lost
+    finally:
+        _batch.lost = None
+
+
+def run_batch_task(spec: CallSpec, items: bytes) -> bytes:
+    """A batch as a Dask task: ``run_batch``, raising :class:`SharedLost` if a shared
+    value was lost (the caller retries it like a batch of a dead worker)."""
+    blob, lost = run_watching(spec, items)
+    if lost:
+        raise SharedLost(lost)
+    return blob
 
 
 class _Runner(distributed.WorkerPlugin):
@@ -107,16 +151,18 @@ class _Runner(distributed.WorkerPlugin):
             return {"status": "need-spec"}
         context = contextvars.copy_context()
         context.run(_bind_worker, self.worker)  # get_worker()/get_client() in the function
-        future = self.worker.executor.submit(context.run, run_batch, spec, items)
+        future = self.worker.executor.submit(context.run, run_watching, spec, items)
         _waiting[batch] = future
         try:
-            outcome = await asyncio.wrap_future(future)
+            outcome, lost = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             if future.cancelled():  # parmap_cancel came first
                 return {"status": "cancelled"}
             raise
         finally:
             _waiting.pop(batch, None)
+        if lost:
+            return {"status": "lost-share", "names": lost}
         return {"status": "OK", "result": _payload(outcome)}
 
     def cancel(self, batches: list[str]) -> None:
@@ -260,6 +306,8 @@ class DirectPool(Dispatcher):
             self.finished(job, error=WorkerCrashedError(error))
         except OSError as exc:  # CommClosedError: the worker died or dropped us
             self.finished(job, error=WorkerLost(address, exc), lost=True)
+        except SharedLost as exc:  # the worker lives; a value it needed is gone
+            self.finished(job, error=exc)
         except BaseException as exc:  # parmap's code failed on the worker, or the loop closes
             self.finished(job, error=exc)
         else:
@@ -274,6 +322,8 @@ class DirectPool(Dispatcher):
         if isinstance(reply, dict) and reply.get("status") == "need-spec":  # its cache let go
             reply = await self._send(address, "parmap_run", head=batch.full,
                                      items=_payload(batch.items), batch=batch.batch)  # fmt: skip
+        if isinstance(reply, dict) and reply.get("status") == "lost-share":
+            raise SharedLost(reply["names"])
         if not isinstance(reply, dict) or reply.get("status") not in ("OK", "cancelled"):
             raise _NotReady(reply)  # None: the worker has no handler yet (just restarted)
         if reply["status"] == "cancelled" and not job.dropped:

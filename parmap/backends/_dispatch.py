@@ -41,6 +41,8 @@ from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from parmap._errors import WorkerCrashedError
+
 __all__ = ["Dispatcher", "Job"]
 
 DEPTH = 2  # batches one worker thread holds: the running one and the next
@@ -152,16 +154,19 @@ class Dispatcher(abc.ABC):
         """
         worker = job.worker
         with self.lock:
-            with contextlib.suppress(ValueError):
-                self._sent.get(worker, []).remove(job)
-            if retry is not None:
-                self._again(job, worker, retry)
-                return
-            if lost and worker is not None:
-                self.worker_lost(worker, job)
-            self.dispatch()
-            if worker is not None:
-                self._take_back_for(worker)
+            held = self._sent.get(worker, [])
+            if job in held:
+                held.remove(job)
+                if retry is not None:
+                    self._again(job, worker, retry)
+                    return
+                if lost and worker is not None:
+                    self.worker_lost(worker, job)
+                self.dispatch()
+                if worker is not None:
+                    self._take_back_for(worker)
+            elif retry is not None:  # failed or forgotten already (fail_all, clear): the
+                return  # news comes too late to place anything; only the future may hear
         with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
             if error is None:
                 job.future.set_result(result)
@@ -181,7 +186,10 @@ class Dispatcher(abc.ABC):
         running: dict[Hashable, list[Job]] = {}
         waiting: dict[Hashable, list[Job]] = {}
         with self.lock:
-            threads = self._threads()
+            try:
+                threads = self._threads()
+            except Exception:  # the engine is gone: count one running batch per worker
+                threads = {}
             for future in futures:
                 job: Job | None = getattr(future, "_parmap_job", None)
                 future.cancel()
@@ -237,13 +245,19 @@ class Dispatcher(abc.ABC):
                 self._sent.pop(worker, None)
 
     def clear(self) -> None:
-        """Forget every worker and cancel the queue (the engine restarted)."""
+        """Forget every worker, cancel the queue and fail the batches sent (the engine
+        restarted or stopped: their news, if any comes, is too late to place anything)."""
         with self.lock:
             for job in self._queue:
                 job.future.cancel()
+            sent = [job for held in self._sent.values() for job in held]
             self._queue.clear()
             self._sent.clear()
             self._resting.clear()
+        lost = WorkerCrashedError("the engine running the batch was stopped or restarted")
+        for job in sent:
+            with contextlib.suppress(cf.InvalidStateError):
+                job.future.set_exception(lost)
 
     def busy(self) -> bool:
         """Whether any batch is queued or on a worker."""
@@ -305,7 +319,10 @@ class Dispatcher(abc.ABC):
         the idle worker; if it has, nothing changes."""
         if self._queue or self._sent.get(idle) or self._resting.get(idle, 0.0) > time.monotonic():
             return
-        threads = self._threads()
+        try:
+            threads = self._threads()
+        except Exception:  # the engine is gone: nothing to take back
+            return
         if idle not in threads:
             return
         for worker, jobs in self._sent.items():

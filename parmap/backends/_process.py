@@ -5,16 +5,21 @@ A worker that dies breaks the pool; the error names its exit code or signal,
 and the next batch starts a fresh pool. Stopping running work (timeout,
 Ctrl-C) kills the pool's processes: a Python function cannot be interrupted.
 Workers ignore SIGINT and exit by themselves if the caller dies.
+
+``parmap.share()`` values are files in a directory of the caller's own, in
+/dev/shm (memory) where it can: a file is deleted when its handle is collected,
+the directory at shutdown or on SIGTERM, and a directory whose caller was
+SIGKILLed by the next caller that makes one (``_owned``).
 """
 
 from __future__ import annotations
 
 import abc
 import concurrent.futures as cf
+import contextlib
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Collection
@@ -26,8 +31,12 @@ from parmap._errors import WorkerCrashedError, describe_exit
 from parmap._serialization import loads
 from parmap._worker import CallSpec, Outcome, run_batch
 from parmap.backends._base import Backend, Locator
+from parmap.backends._owned import forget_on_sigterm, make_owned_dir, remove_on_sigterm
 
-__all__ = ["FileLocator", "ProcessPoolBackend"]
+__all__ = ["SHARED_PREFIX", "FileLocator", "ProcessPoolBackend"]
+
+# share() values live in <tmp>/parmap-shared-<pid>-<start>-<random>/ (see _owned)
+SHARED_PREFIX = "parmap-shared-"
 
 
 class FileLocator(Locator):
@@ -155,11 +164,18 @@ class ProcessPoolBackend(Backend):
         with self._lock:
             if self._shared_dir is None:
                 shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-                self._shared_dir = tempfile.mkdtemp(prefix="parmap-shared-", dir=shm)
-        path = os.path.join(self._shared_dir, f"{token}.pkl")
+                self._shared_dir = make_owned_dir(shm, SHARED_PREFIX)
+                remove_on_sigterm(self._shared_dir)
+            path = os.path.join(self._shared_dir, f"{token}.pkl")
         with open(path, "wb") as file:
             file.write(blob)
         return FileLocator(path)
+
+    def release(self, token: str) -> None:
+        shared = self._shared_dir
+        if shared is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(shared, f"{token}.pkl"))
 
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers, "started": self._executor is not None}
@@ -172,6 +188,7 @@ class ProcessPoolBackend(Backend):
             self._shutdown(pool)
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
+            forget_on_sigterm(shared)
 
 
 _MAIN_GUARD_HINT = (

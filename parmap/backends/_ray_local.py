@@ -8,19 +8,24 @@
   kill Ray's helpers that share the caller's process group (the log monitor:
   worker output would go silent for the rest of the session);
 - a reaper (``_ray_reaper``) that stops the instance if the caller is killed,
-  where Ray alone leaves two agents running for a minute.
+  where Ray alone leaves two agents running for a minute;
+- started from the main thread or from a thread of parmap's that never ends:
+  Ray's processes die with the thread that started them (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import ray
 
@@ -46,6 +51,12 @@ def start(
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     before = _ray_children()
+    in_a_thread_that_stays(lambda: _init(num_cpus))
+    started = _ray_children() - before
+    return _start_reaper(started), started
+
+
+def _init(num_cpus: int) -> None:
     with no_sigint_for_children(), _loopback_only():
         ray.init(
             address="local",  # a new instance, even if `ray start` runs on this machine
@@ -53,8 +64,45 @@ def start(
             include_dashboard=False,
             logging_level=logging.ERROR,
         )
-    started = _ray_children() - before
-    return _start_reaper(started), started
+
+
+_keeper: queue.SimpleQueue[tuple[Callable[[], Any], cf.Future[Any]]] | None = None
+_keeper_lock = threading.Lock()
+
+
+def in_a_thread_that_stays(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in the main thread or in one that lives as long as the process.
+
+    Ray starts its raylet and GCS with ``PR_SET_PDEATHSIG`` (ray-project/ray#7150):
+    Linux kills them when the *thread* that started them ends, not the process
+    (prctl(2): "the parent in this case is considered to be the thread"). Started from a caller's
+    worker thread, the embedded instance died with that thread, under the calls of
+    every other thread. So a call from another thread starts it from a daemon
+    thread of parmap's that never ends (it waits for the next start), with SIGINT
+    blocked: Ray's processes inherit that, as from the main thread (see
+    :func:`no_sigint_for_children`).
+    """
+    global _keeper
+    if threading.current_thread() is threading.main_thread():
+        return fn()
+    with _keeper_lock:
+        if _keeper is None:
+            _keeper = queue.SimpleQueue()
+            threading.Thread(target=_keep, args=(_keeper,), name="parmap-ray-starter",
+                             daemon=True).start()  # fmt: skip
+    done: cf.Future[Any] = cf.Future()
+    _keeper.put((fn, done))
+    return done.result()
+
+
+def _keep(jobs: queue.SimpleQueue[tuple[Callable[[], Any], cf.Future[Any]]]) -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    while True:
+        fn, done = jobs.get()
+        try:
+            done.set_result(fn())
+        except BaseException as exc:
+            done.set_exception(exc)
 
 
 def stop_reaper(reaper: subprocess.Popen[bytes] | None) -> None:

@@ -60,7 +60,7 @@ from parmap._worker import CallSpec
 from parmap.backends import _ray_local, _ray_reaper
 from parmap.backends._base import Locator, default_workers
 from parmap.backends._dispatch import Dispatcher, Job
-from parmap.backends._ray_worker import RayLocator, Worker, collected_refs
+from parmap.backends._ray_worker import RayLocator, Worker, collected_refs, runtimes_started
 
 __all__ = ["RayPool"]
 
@@ -68,6 +68,7 @@ log = logging.getLogger("parmap")
 
 _WAIT_SLICE = 0.25  # seconds: the longest a Ctrl-C can go unnoticed
 _HEALTH_EVERY = 1.0  # seconds between looks at the embedded instance's processes
+_VITAL = ("raylet", "gcs_server")  # the embedded instance's processes a call needs
 _KILL_WAIT = 10.0  # seconds to wait for killed actors to be gone
 _BUNDLE_CACHE_SIZE = 8
 _NODES_REFRESH = 10.0  # seconds between looks at a cluster's nodes
@@ -97,6 +98,7 @@ class _Runtime:
         self.address: str | None = None
         self.reaper: subprocess.Popen[bytes] | None = None
         self.processes: set[_ray_reaper.Process] = set()  # the embedded instance's own
+        self.vital: set[_ray_reaper.Process] = set()  # those it cannot work without
         self.users: set[RayPool] = set()
         self.broken = False
 
@@ -117,6 +119,7 @@ class _Runtime:
             return self.where
 
     def _start(self, address: str | None, cpus: int) -> None:
+        runtimes_started[0] += 1  # the ObjectRefs of shared values made before are void
         if ray.is_initialized():
             self.where = "the running Ray runtime (ray.init() by the caller)"
         elif address:
@@ -125,6 +128,9 @@ class _Runtime:
             self.where, self.address = f"the Ray cluster at {address}", address
         else:
             self.reaper, self.processes = _ray_local.start(cpus)
+            # The raylet and the GCS: without them no task runs. Ray's helpers (the
+            # dashboard, the autoscaler's monitor, the log monitor) may end on their own.
+            self.vital = {p for p in self.processes if _ray_reaper.name(p) in _VITAL}
             self.owned, self.where = True, "an embedded local Ray instance"
         self.broken = False
 
@@ -145,11 +151,13 @@ class _Runtime:
             with contextlib.suppress(Exception):
                 ray.shutdown()
         _ray_local.stop_reaper(self.reaper)
-        self.reaper, self.processes = None, set()
+        self.reaper, self.processes, self.vital = None, set(), set()
 
     def check(self) -> None:
         """Raise :class:`RuntimeLost` if the embedded instance's own processes died."""
-        if self.owned and self.processes and not all(map(_ray_reaper.alive, self.processes)):
+        if self.owned and self.vital and not all(map(_ray_reaper.alive, self.vital)):
+            if not self.broken:
+                runtimes_started[0] += 1  # its shared values' ObjectRefs are void
             self.broken = True
             raise RuntimeLost(
                 "the embedded Ray instance's own processes (raylet, GCS) died; "
@@ -185,7 +193,14 @@ class _ToActors(Dispatcher):
         self.pool = pool
 
     def capacity(self) -> Mapping[Hashable, int]:
-        return dict.fromkeys(self.pool.slots(), 1)
+        # Never make actors on a runtime that is gone: Ray would start a default
+        # instance of its own from this thread (its auto-init), and the next call's
+        # ray.init would find it.
+        with _runtime.lock:
+            if self.pool.where is None or _runtime.broken or not ray.is_initialized():
+                raise RuntimeLost("the Ray runtime this pool used is gone; the next call "
+                                  "starts a fresh one")  # fmt: skip
+            return dict.fromkeys(self.pool.slots(), 1)
 
     def start(self, worker: Hashable, job: Job) -> None:
         slot: _Slot = worker  # type: ignore[assignment]
@@ -309,7 +324,8 @@ class RayPool:
                 if len(self._bundles) > _BUNDLE_CACHE_SIZE:
                     self._bundles.popitem(last=False)
             else:
-                self._bundles.move_to_end(key)
+                with contextlib.suppress(KeyError):  # released meanwhile (release takes no lock)
+                    self._bundles.move_to_end(key)
             return holder
 
     def submit(self, prepared: _Prepared, items: bytes) -> cf.Future[Any]:
@@ -365,8 +381,8 @@ class RayPool:
             if not isinstance(cause, _CRASHES):
                 return cause
             exc = cause
-        if isinstance(exc, RuntimeLost):
-            return WorkerCrashedError(str(exc))
+        if isinstance(exc, RuntimeLost):  # the next call starts afresh; this one cannot
+            return WorkerCrashedError(str(exc), retryable=False)
         if isinstance(exc, _CRASHES):
             return WorkerCrashedError(_crash_message(exc))
         return exc
@@ -400,7 +416,12 @@ class RayPool:
         return RayLocator(token, ref)
 
     def release(self, token: str) -> None:
+        """Drop the caller's references to a shared value (its handle was collected): the
+        ObjectRef and the cached bundles holding it. Ray frees the object once no batch
+        holds it either (any thread; never blocks)."""
         self._shared.pop(token, None)
+        for key in [k for k in list(self._bundles) if token in k[2]]:
+            self._bundles.pop(key, None)
 
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"ray": ray.__version__, "connected": self.where}
@@ -411,7 +432,9 @@ class RayPool:
 
     def shutdown(self) -> None:
         with self.dispatcher.lock:
-            if ray.is_initialized() and not _runtime.owned:  # the caller's Ray lives on
+            # The runtime may live on (the caller's own, or another pool's: one per set of
+            # options): this pool's actors end here. A broken one is killed whole instead.
+            if ray.is_initialized() and not _runtime.broken:
                 self._retire(self._slots)
             self._forget_runtime()
             thread, self._thread = self._thread, None

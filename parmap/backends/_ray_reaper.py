@@ -61,6 +61,15 @@ def children(pid: int) -> list[Process]:
     return _parents().get(pid, [])
 
 
+def name(process: Process) -> str:
+    """The program name of a live process ("" if it is gone)."""
+    try:
+        with open(f"/proc/{process[0]}/comm", encoding="utf-8", errors="replace") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
 def alive(process: Process) -> bool:
     """Whether this very process (not a later one with its pid) still runs."""
     stat = _stat(process[0])

@@ -24,9 +24,10 @@ from parmap._serialization import loads
 from parmap._worker import CallSpec, run_batch
 from parmap.backends._base import Locator
 
-__all__ = ["RayLocator", "Worker", "collected_refs", "execute"]
+__all__ = ["RayLocator", "Worker", "collected_refs", "execute", "runtimes_started"]
 
 _batch_refs: dict[str, Any] = {}  # share() token -> ObjectRef, while a batch runs
+runtimes_started = [0]  # in the caller: Ray runtimes connected to so far (refs die with one)
 
 
 def execute(head: bytes, holder: list[Any] | None, items: bytes) -> bytes:
@@ -68,6 +69,10 @@ class RayLocator(Locator):
     def __init__(self, token: str, ref: Any = None) -> None:
         self.token = token
         self.ref = ref
+        self.runtime = runtimes_started[0]  # the ref belongs to this runtime
+
+    def current(self) -> bool:
+        return self.ref is None or self.runtime == runtimes_started[0]
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.ref is not None:
