@@ -18,10 +18,6 @@ from parmap.backends import on_worker
 pytestmark = pytest.mark.timeout(60)
 
 
-def pool_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("parmap-pool")]
-
-
 class Concurrency:
     """Counts how many calls run at the same time (a sleep releases the GIL)."""
 
@@ -106,21 +102,34 @@ def test_ctrl_c_stops_waiting_at_once(caplog):
     assert parmap.parmap(funcs.square, range(4), backend="threads") == [0, 1, 4, 9]
 
 
+def live_pools(workers=None):
+    """The pool threads of the live threads backends (of ``workers``, if given)."""
+    found = []
+    for backend in parmap._registry.live_backends():
+        mine = backend.name == "threads" and workers in (None, backend.workers)
+        if mine and backend._pool is not None:
+            found += backend._pool.threads
+    return found
+
+
 def test_shutdown_ends_the_pool_threads():
     parmap.parmap(funcs.square, range(10), backend="threads")
-    (backend,) = [b for b in parmap._registry.live_backends() if b.name == "threads"]
-    threads = backend._pool.threads
-    assert all(thread.is_alive() for thread in threads)
+    threads = live_pools()
+    assert threads and all(thread.is_alive() for thread in threads)
     parmap.shutdown()
     assert not any(thread.is_alive() for thread in threads)
 
 
 def test_a_stopped_pool_is_replaced_and_its_threads_end_after_their_item():
+    parmap.parmap(funcs.square, range(4), backend="threads", workers=3)
+    stopped = live_pools(workers=3)
     seen = Concurrency(0.3)
     with pytest.raises(parmap.TimeoutError):
-        parmap.parmap(seen, range(6), backend="threads", workers=2, timeout=0.1, chunksize=1)
-    assert parmap.parmap(funcs.square, range(6), backend="threads", workers=2)[-1] == 25
+        parmap.parmap(seen, range(6), backend="threads", workers=3, timeout=0.1, chunksize=1)
+    assert parmap.parmap(funcs.square, range(6), backend="threads", workers=3)[-1] == 25
+    fresh = live_pools(workers=3)
+    assert len(fresh) == 3 and not set(fresh) & set(stopped), "the stopped pool was reused"
     deadline = time.monotonic() + 5
-    while len(pool_threads()) > 2 and time.monotonic() < deadline:
+    while any(thread.is_alive() for thread in stopped) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(pool_threads()) == 2, "the stopped pool's threads did not end"
+    assert not any(thread.is_alive() for thread in stopped), "the stopped pool's threads live on"
