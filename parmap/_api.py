@@ -17,6 +17,7 @@ signatures and their documentation live here. One item's journey::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 from parmap._call import CALL_OPTIONS, Call, quick
@@ -27,7 +28,7 @@ __all__ = ["imap", "parmap", "starmap"]
 def parmap(
     fn: Callable[..., Any],
     *iterables: Iterable[Any],
-    backend: str | None = None,
+    backend: str | Executor | None = None,
     workers: int | None = None,
     chunksize: int | None = None,
     ordered: bool = True,
@@ -49,10 +50,11 @@ def parmap(
     Args:
         fn: the function; lambdas, closures and decorated functions work.
         *iterables: one or more iterables (generators included).
-        backend: ``"serial"``, ``"multiprocessing"``, ``"loky"``, ``"ray"``,
-            ``"dask"``, ``"auto"`` or a registered name; default from
-            ``parmap.config()``, then ``$PARMAP_BACKEND``, then the first
-            installed of ray and loky.
+        backend: ``"serial"``, ``"threads"``, ``"multiprocessing"``, ``"loky"``,
+            ``"ray"``, ``"dask"``, ``"auto"`` or a registered name; or a
+            ``concurrent.futures.Executor`` of yours (one task per batch; parmap
+            never shuts it down). Default from ``parmap.config()``, then
+            ``$PARMAP_BACKEND``, then the first installed of ray and loky.
         workers: parallel workers (default: all CPUs, or the cluster's).
         chunksize: items per task; ``None`` sizes batches automatically.
         ordered: results in input order (True) or in completion order.
@@ -111,7 +113,7 @@ def parmap(
 def imap(
     fn: Callable[..., Any],
     *iterables: Iterable[Any],
-    backend: str | None = None,
+    backend: str | Executor | None = None,
     workers: int | None = None,
     chunksize: int | None = None,
     ordered: bool = True,

@@ -17,6 +17,14 @@ One decision::
                       (a GA of many quick generations) starts it once staying serial
                       has cost as much as starting would (the ski-rental rule: never
                       more than twice the best choice made knowing the future)
+    threads           a backend whose workers share the caller's GIL (its class's
+                      shares_gil) runs in parallel only what releases the GIL: when
+                      it would win were the work parallel, the next few items run
+                      here, in turns serially and on two threads at once (results
+                      kept): the threads' speed-up tells how much of the work is
+                      parallel (Amdahl); kept per function.
+                      Without a GIL (a free-threaded interpreter) the work is taken
+                      as parallel, unmeasured
     choice            the smallest prediction; serial unless a backend is predicted
                       SERIAL_MARGIN (1.1x) faster: a model's error near the crossover
                       should cost little, not a needless parallel call
@@ -37,13 +45,14 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from parmap import _calibration, _registry
 from parmap._batching import read_items
-from parmap._calibration import Calibration
+from parmap._calibration import Calibration, gil_enabled
 from parmap._config import getenv
 from parmap._costs import costs, on_forget
 from parmap.backends._base import default_workers
@@ -58,6 +67,10 @@ PROBE_ITEMS = 32
 SERIAL_MARGIN = 1.1  # a backend must be predicted this much faster than serial
 EXPLORE_EVERY = 8  # ... or, warm and predicted within EXPLORE_BAND of serial, be due a try
 EXPLORE_BAND = 1.25
+THREAD_PROBE_SECONDS = 1.5e-2  # of work per part of the scaling probe, at least ...
+THREAD_PROBE_ITEMS = 16  # ... in at most this many items per part
+PROBE_ROUNDS = 3  # at most, in one measurement: its median round counts
+SCALING_PROBES = 3  # measurements of a function's scaling on threads: the median is kept
 
 
 @dataclass
@@ -75,6 +88,7 @@ class Decision:
     calibration: Calibration | None
     probe: list[Any] = field(default_factory=list, repr=False)
     missed: dict[str, float] = field(default_factory=dict, repr=False)  # see commit()
+    on_threads: str = ""  # how the function scales on the caller's threads, and why
 
     def __str__(self) -> str:
         n = f"{self.n_items + len(self.probe):,}" + ("" if self.n_exact else "+")
@@ -83,6 +97,8 @@ class Decision:
             f"({self.cost_source}); predictions for the {self.n_items:,} left:",
             f"  calibration: {self.calibration.describe() if self.calibration else 'none'}",
         ]
+        if self.on_threads:
+            lines.append(f"  on the caller's threads: {self.on_threads}")
         for name, seconds in sorted(self.predictions.items(), key=lambda kv: kv[1]):
             mark = "->" if name == self.chosen else "  "
             start = self.startup.get(name, 0.0)
@@ -108,6 +124,7 @@ def plan(
     options: frozenset[str] = frozenset(),
     *,
     stops: bool = False,
+    probe_threads: Callable[[str, Sequence[Any], int, int], tuple[list[Any], float]] | None = None,
 ) -> tuple[Decision, Iterator[Any], int | None]:
     """Decide one call.
 
@@ -123,6 +140,11 @@ def plan(
             that take them are candidates.
         stops: the call needs a backend that can stop a running item
             (``item_timeout=``): serial is out, and so are backends that cannot.
+        probe_threads: runs the given items (the next ones; the index of the
+            first given) in rounds, partly here, alone, and partly two batches at
+            once on the named backend; returns their results and its speed-up over serial: how
+            the function scales on that backend's threads, measured when it matters
+            (see the module docstring).
 
     Returns:
         The decision (its ``probe`` holds the results already computed), the
@@ -141,10 +163,106 @@ def plan(
     remaining = None if total is None else max(0, total - len(probed))
     rest, n_rest, exact = _count(items, remaining, len(probed))
     workers = workers or _default_workers()
-    decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops)
+    unsettled = _unsettled(fn_name)  # decided as if parallel on threads, to see if it matters
+    decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops,
+                      optimistic=unsettled)  # fmt: skip
+    if unsettled and _shares_gil(decision.chosen):
+        size, rounds = _thread_probe_size(cost, n_rest)
+        unmeasured = 1.0
+        if probe_threads is not None and size:
+            chunk = read_items(rest, size, len(probed))
+            results, speedup = probe_threads(decision.chosen, chunk, len(probed), rounds)
+            probed += results
+            n_rest -= len(chunk)
+            _record_speedup(fn_name, speedup)
+        else:  # too few items to tell: as most Python code does, it holds the GIL
+            unmeasured = 0.0
+        decision = decide(fn_name, n_rest, exact, cost, source, workers, options,
+                          stops=stops, unmeasured=unmeasured)  # fmt: skip
     decision.probe = probed
     log.debug("%s", decision)
     return decision, rest, n_rest if exact else None
+
+
+def _unsettled(fn_name: str) -> bool:
+    """Whether how ``fn`` scales on threads is still to be measured (again): unknown, or
+    measured fewer than SCALING_PROBES times (one measurement on a busy machine can be
+    far off; the median of three is kept)."""
+    if not gil_enabled():
+        return False
+    measured = len(_thread_probes.get(fn_name, ()))
+    return fn_name not in _thread_speedups or 0 < measured < SCALING_PROBES
+
+
+def _shares_gil(name: str) -> bool:
+    return name != "serial" and _registry.backend_class(name).shares_gil
+
+
+def _record_speedup(fn_name: str, speedup: float) -> None:
+    """Keep a probe's measurement; the function's estimate is the median so far (of two:
+    their mean)."""
+    found = _bounded(_thread_probes).setdefault(fn_name, [])
+    found.append(speedup)
+    ordered = sorted(found)
+    middle = len(ordered) // 2
+    estimate = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    _bounded(_thread_speedups)[fn_name] = estimate
+
+
+def _thread_probe_size(cost: float, n_rest: int) -> tuple[int, int]:
+    """The scaling probe's items and rounds: each round a part alone and two at once, one
+    more part alone at the end, parts of THREAD_PROBE_SECONDS of work (a thread's wake-up
+    on a busy machine must not count), up to PROBE_ROUNDS rounds, never over half of
+    what is left; (0, 0) when that is under 4 items (too few to tell: taken as holding
+    the GIL). Nothing is lost: the results are the call's, and even work that holds
+    the GIL runs on two threads about as fast as serially."""
+    budget = n_rest // 2
+    if budget < 4:
+        return 0, 0
+    per_part = min(THREAD_PROBE_ITEMS, max(1, math.ceil(THREAD_PROBE_SECONDS / max(cost, 1e-9))))
+    rounds = max(1, min(PROBE_ROUNDS, (budget // per_part - 1) // 3))
+    per_part = min(per_part, budget // (3 * rounds + 1))
+    return per_part * (3 * rounds + 1), rounds
+
+
+def _parallel_share(fn_name: str, unmeasured: float = 1.0) -> float:
+    """:func:`parallel_fraction`'s share alone, for every call (no words made)."""
+    speedup = _thread_speedups.get(fn_name)
+    if speedup is None or not gil_enabled():
+        return 1.0 if not gil_enabled() else unmeasured
+    return min(1.0, max(0.0, 2.0 * (1.0 - 1.0 / speedup)))
+
+
+def parallel_fraction(
+    fn_name: str, unmeasured: float = 1.0, optimistic: bool = False
+) -> tuple[float, str]:
+    """The share of ``fn``'s work that runs in parallel on the caller's threads, and why.
+
+    From the two-thread speed-up ``s`` that the probe measured, by Amdahl's law
+    (``s = 1 / ((1 - f) + f / 2)``); 1 without a GIL; ``unmeasured`` before any
+    measurement (1: the best case, to see whether threads could win at all; 0 when
+    too few items are left to measure); 1 when ``optimistic`` (the best case, to see
+    whether measuring again matters).
+    """
+    if not gil_enabled():
+        return 1.0, "this interpreter has no GIL: threads run Python code in parallel"
+    speedup = _thread_speedups.get(fn_name)
+    if optimistic:
+        return 1.0, "taken as parallel until measured"
+    if speedup is None:
+        if unmeasured:
+            return unmeasured, "not measured yet (taken as parallel)"
+        return 0.0, "not measured (too few items to tell): taken as holding the GIL"
+    fraction = min(1.0, max(0.0, 2.0 * (1.0 - 1.0 / speedup)))
+    if fraction >= 0.6:
+        why = "it releases the GIL, so threads run it in parallel"
+    elif fraction > 0.2:
+        why = "it releases the GIL for part of its work"
+    else:
+        why = "it holds the GIL, so threads run it one at a time"
+    times = len(_thread_probes.get(fn_name, ())) or 1
+    measured = f" (median of {times} measurements)" if times > 1 else ""
+    return fraction, f"{speedup:.2f}x the serial speed on 2 threads{measured}: {why}"
 
 
 def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool:
@@ -154,7 +272,8 @@ def stays_serial(fn_name: str, n_items: int | None, workers: int | None) -> bool
     if cost is None or n_items is None:
         return False
     workers = workers or _default_workers()
-    floor = _calibration.load(workers).floor(n_items, cost, workers)
+    parallel = _parallel_share(fn_name)
+    floor = _calibration.load(workers).floor(n_items, cost, workers, parallel)
     serial = n_items * cost * EXPLORE_BAND <= floor  # beyond even a try (see _explore)
     if serial and log.isEnabledFor(logging.DEBUG):
         log.debug(
@@ -189,8 +308,14 @@ def decide(
     options: frozenset[str] = frozenset(),
     *,
     stops: bool = False,
+    unmeasured: float = 1.0,
+    optimistic: bool = False,
 ) -> Decision:
     """Predict each candidate and choose (see the module docstring).
+
+    ``unmeasured``, ``optimistic``: the parallel share of the work on the caller's
+    threads taken for a function not measured there (enough) yet (see
+    :func:`parallel_fraction`).
 
     With ``stops`` (``item_timeout=``), serial is not a choice: the fastest
     backend that can stop a running item is.
@@ -200,7 +325,8 @@ def decide(
     decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
     calibration = _calibration.load(workers)
     decision.calibration = calibration
-    floor = calibration.floor(n_items, cost, workers)
+    parallel = 1.0 if optimistic else _parallel_share(fn_name, unmeasured)
+    floor = calibration.floor(n_items, cost, workers, parallel)
     if not stops and (n_items < 2 or serial_seconds * EXPLORE_BAND <= floor):
         return decision  # no backend can win: skip the candidates
     for name in candidates(options, stops=stops):
@@ -209,7 +335,13 @@ def decide(
             continue
         if not stops and model.fixed >= serial_seconds:
             continue  # cannot win even warm: skip the batch simulation
-        warm = model.predict(n_items, cost) * _corrections.get((fn_name, name), 1.0)
+        predicted = model.predict(n_items, cost)
+        if _registry.backend_class(name).shares_gil:
+            fraction, decision.on_threads = parallel_fraction(fn_name, unmeasured, optimistic)
+            # the work that does not run in parallel takes its serial time
+            rounds = math.ceil(n_items / workers)
+            predicted += model.work_factor * cost * (1.0 - fraction) * (n_items - rounds)
+        warm = predicted * _corrections.get((fn_name, name), 1.0)
         startup = 0.0 if _running(name) else calibration.startup.get(name, 0.0)
         if startup and warm * SERIAL_MARGIN < serial_seconds:  # it would win, once started
             decision.missed[name] = serial_seconds - warm
@@ -261,6 +393,8 @@ def _explore(fn_name: str, name: str, decision: Decision) -> bool:
 
 _corrections: dict[tuple[str, str], float] = {}  # (fn, backend) -> seen / predicted
 _missed: dict[tuple[str, str], float] = {}  # (fn, backend) -> seconds serial cost beyond it
+_thread_speedups: dict[str, float] = {}  # fn -> its speed-up on two of the caller's threads
+_thread_probes: dict[str, list[float]] = {}  # fn -> each measurement of it so far
 _first_calls: set[tuple[str, str]] = set()
 _explored: dict[tuple[str, str], int] = {}
 _FEEDBACK_ENTRIES = 4096
@@ -279,6 +413,8 @@ def forget(fn_name: str) -> None:
     for table in (_corrections, _explored, _missed):
         for key in [key for key in list(table) if key[0] == fn_name]:
             table.pop(key, None)
+    _thread_speedups.pop(fn_name, None)
+    _thread_probes.pop(fn_name, None)
     for key in [key for key in list(_first_calls) if key[0] == fn_name]:
         _first_calls.discard(key)
 

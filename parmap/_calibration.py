@@ -62,39 +62,55 @@ class Calibration:
         startup: backend name -> seconds its first call costs (pools, clusters).
         created: when it was measured (epoch seconds), None for built-in defaults.
         source: the file it came from, or ``"built-in defaults"``.
+        threaded: the backends among them whose workers are the caller's threads
+            (their class's ``shares_gil``): how much of a function's work runs in
+            parallel there is measured per function (see ``parmap._auto``).
     """
 
     models: dict[str, OverheadModel]
     startup: dict[str, float]
     created: float | None
     source: str
+    threaded: frozenset[str] = frozenset()  # the models of backends that share the GIL
 
-    def floor(self, n_items: int, cost: float, workers: int) -> float:
+    def floor(self, n_items: int, cost: float, workers: int, parallel: float = 1.0) -> float:
         """No backend is predicted to run this call faster: a lower bound of every model.
 
         It counts one batch per worker and no start-up, so it is cheap enough for
         every call; when serial is below it, the predictions can be skipped.
+        ``parallel`` is the share of the work that runs in parallel on the backends
+        whose workers share the GIL (:attr:`threaded`); the rest counts at its serial
+        cost there, and with none they cannot beat serial: they are left out.
         """
-        fixed_floor = self._fixed_floor(workers)
+        with_threads = parallel > 0.0
+        fixed_floor = self._fixed_floor(workers, with_threads)
         if n_items >= workers and n_items * cost <= fixed_floor:
             return fixed_floor  # a quick answer for most cheap calls
-        batches, work = min(n_items, workers), cost * math.ceil(n_items / workers)
+        rounds = math.ceil(n_items / workers)
+        batches, work = min(n_items, workers), cost * rounds
+        shared = cost * ((1.0 - parallel) * n_items + parallel * rounds)
         lowest = math.inf if self.models else 0.0
-        for m in self.models.values():
-            bound = m.fixed + m.per_item * n_items + m.per_batch * batches + m.work_factor * work
+        for name, m in self.models.items():
+            if name in self.threaded and not with_threads:
+                continue
+            done = shared if name in self.threaded else work
+            bound = m.fixed + m.per_item * n_items + m.per_batch * batches + m.work_factor * done
             lowest = min(lowest, bound)
         return lowest
 
-    def _fixed_floor(self, workers: int) -> float:
-        """The least any backend spends on a call of ``workers`` items or more, work aside."""
+    def _fixed_floor(self, workers: int, with_threads: bool = True) -> float:
+        """The least any backend spends on a call of ``workers`` items or more, work aside
+        (leaving out those whose workers share the GIL, unless ``with_threads``)."""
         floors = self.__dict__.get("_fixed_floors")
         if floors is None:
             floors = self.__dict__["_fixed_floors"] = {}
-        floor = floors.get(workers)
+        floor = floors.get((workers, with_threads))
         if floor is None:
-            floor = floors[workers] = min(
-                (m.fixed + m.per_batch * workers for m in self.models.values()), default=0.0
-            )
+            floor = floors[(workers, with_threads)] = min(
+                (m.fixed + m.per_batch * workers for name, m in self.models.items()
+                 if with_threads or name not in self.threaded),
+                default=0.0,
+            )  # fmt: skip
         return floor
 
     def model(self, name: str, workers: int) -> OverheadModel | None:
@@ -131,7 +147,7 @@ def defaults(workers: int, why: str = "built-in defaults") -> Calibration:
         constants = {"backend": name, "workers": workers, "batch_overhead": cls.batch_overhead}
         models[name] = OverheadModel.from_dict({**constants, **cls.default_model})
         startup[name] = cls.startup_seconds
-    return Calibration(models, startup, None, why)
+    return Calibration(models, startup, None, why, _threaded(models))
 
 
 def save(
@@ -174,8 +190,54 @@ def read(path: Path) -> Calibration | None:
     if document.get("schema") != SCHEMA:
         log.warning("parmap: calibration %s is of another version; measuring again", path)
         return None
-    models = {k: OverheadModel.from_dict(v) for k, v in document["models"].items()}
-    return Calibration(models, document.get("startup", {}), document.get("created"), str(path))
+    models = {k: _overheads_only(OverheadModel.from_dict(v)) for k, v in document["models"].items()}
+    startup = dict(document.get("startup", {}))
+    _add_unmeasured(models, startup)
+    return Calibration(models, startup, document.get("created"), str(path), _threaded(models))
+
+
+def _threaded(models: dict[str, OverheadModel]) -> frozenset[str]:
+    """The backends among ``models`` whose workers share the GIL (their class says so)."""
+    found = set()
+    for name in models:
+        try:
+            if _registry.backend_class(name).shares_gil:
+                found.add(name)
+        except Exception:  # not installed here any more: auto will not consider it
+            continue
+    return frozenset(found)
+
+
+def _add_unmeasured(models: dict[str, OverheadModel], startup: dict[str, float]) -> None:
+    """Give a backend installed since the calibration ran (or newer than it) its class's
+    conservative constants, so that auto considers it until it is measured."""
+    workers = next(iter(models.values())).workers if models else 1
+    stand_in = defaults(workers)
+    for name, model in stand_in.models.items():
+        if name not in models:
+            models[name] = model
+            startup.setdefault(name, stand_in.startup[name])
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter runs Python code one thread at a time (a free-threaded
+    build says no, unless a module turned the GIL back on)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def _overheads_only(model: OverheadModel) -> OverheadModel:
+    """A model of a backend whose workers share the GIL, fitted on work that (under a GIL)
+    could not run in parallel on them: its work factor says so, not how parallel work
+    runs there. Keep its overheads and its class's work factor; ``auto`` measures how each
+    function scales on threads itself (see ``parmap._auto``)."""
+    try:
+        cls = _registry.backend_class(model.backend)
+    except Exception:  # not installed here any more: auto will not consider it
+        return model
+    if not cls.shares_gil or not cls.default_model or not gil_enabled():
+        return model
+    return dataclasses.replace(model, work_factor=cls.default_model["work_factor"])
 
 
 _loaded: dict[tuple[str, int], Calibration] = {}  # ($PARMAP_CALIBRATION, workers) -> it

@@ -24,6 +24,7 @@ resolution was a third of the call.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import sys
@@ -59,7 +60,7 @@ _BACKEND_OPTIONS = ("address", "start_method")  # go to backends that take them
 # -- the quick answer ------------------------------------------------------------------
 
 
-def quick(fn: Callable[..., Any], iterable: Iterable[Any], backend: str | None) -> Any:
+def quick(fn: Callable[..., Any], iterable: Iterable[Any], backend: Any) -> Any:
     """The results of a call that runs in place for want of any choice, else None.
 
     A list or tuple under ``backend="serial"``, or under ``"auto"`` with a function
@@ -131,6 +132,63 @@ def _in_place(
         where = f"serial worker pid {os.getpid()}"
         in_place(results, start, items, where, False, qualname(fn))
     return results
+
+
+def _thread_probe(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    star: bool,
+    start: int,
+    spec: CallSpec | None,
+    backend: Backend,
+    rounds: int,
+) -> tuple[list[Any], float]:
+    """How ``fn`` scales on ``backend``'s workers, threads of this process: ``items`` (at
+    least 4) cut in equal parts that run in turns, one part alone here (timed: the
+    serial reference), then two parts at once as two batches on the backend, for
+    ``rounds`` rounds, then one part alone. Each round's speed-up is against the
+    faster of the serial parts around it (other load on the machine then errs towards
+    not using threads); the median round's, at most 2, is returned with the results,
+    in order. The batches run on the backend the call is about to use, so its threads
+    build their ``per_worker`` objects once, for this call and the next.
+
+    Raises:
+        Exception: what ``fn`` raised on the first failing item, as in place.
+    """
+    n_parts = 3 * max(1, min(rounds, (len(items) - 1) // 3)) + 1
+    cuts = [len(items) * k // n_parts for k in range(n_parts + 1)]
+    parts = [items[a:b] for a, b in itertools.pairwise(cuts)]
+    spec = spec or CallSpec("local", fn, star)
+    prepared = backend.prepare(spec)
+    backend.submit(prepared, []).result()  # its threads started: not part of the timing
+    outcomes: list[Outcome | None] = [None] * n_parts
+
+    def timed(*group: int) -> float:
+        """Run one part here, or several at once as batches on the backend; the seconds."""
+        began = time.perf_counter()
+        if len(group) == 1:
+            outcomes[group[0]] = execute(spec, fn, parts[group[0]])
+        else:
+            futures = [backend.submit(prepared, parts[part]) for part in group]
+            for part, future in zip(group, futures, strict=True):
+                outcomes[part] = future.result()
+        return time.perf_counter() - began
+
+    serial = [timed(0) / max(1, len(parts[0]))]
+    speedups = []
+    for first in range(1, n_parts - 1, 3):
+        threaded = timed(first, first + 1)
+        serial.append(timed(first + 2) / max(1, len(parts[first + 2])))
+        done = len(parts[first]) + len(parts[first + 1])
+        speedups.append(min(serial[-2:]) * done / max(threaded, 1e-9))
+    results: list[Any] = []
+    for part, outcome in enumerate(outcomes):
+        assert outcome is not None
+        if outcome.error is not None:
+            raise error_from(outcome, start + cuts[part], parts[part], "serial", False,
+                             qualname(fn))  # fmt: skip
+        results += outcome.results or []
+    return results, min(2.0, sorted(speedups)[len(speedups) // 2])
 
 
 # -- the settings of one call ----------------------------------------------------------
@@ -298,10 +356,10 @@ class Call:
         ):
             self.settings = replace(settings, choice=replace(settings.choice, name="serial"))
             return
-        probe = self._probe(self._local_spec())
+        spec = self._local_spec()
         decision, self.items, self.total = _auto.plan(
-            name, self.items, self.total, settings.choice.workers, probe, settings.explicit,
-            stops=guarded,
+            name, self.items, self.total, settings.choice.workers, self._probe(spec),
+            settings.explicit, stops=guarded, probe_threads=self._probe_threads(spec),
         )  # fmt: skip
         _auto.commit(decision)
         self.decision, self.sequence = decision, None
@@ -315,6 +373,25 @@ class Call:
             results = _in_place(self.fn, chunk, self.star, None, len(self.probed), spec)
             self.probed.extend(results)
             return results
+
+        return probe
+
+    def _probe_threads(
+        self, spec: CallSpec | None
+    ) -> Callable[[str, Sequence[Any], int, int], tuple[list[Any], float]]:
+        """Measure how ``fn`` scales on the threads of backend ``name`` on the given items
+        (the call's next: their results are kept; see :func:`_thread_probe`); return the
+        results and the speed-up."""
+
+        def probe(
+            name: str, chunk: Sequence[Any], start: int, rounds: int
+        ) -> tuple[list[Any], float]:
+            cls = _registry.backend_class(name)
+            with _registry.lease(name, self.settings.options_for(cls)) as backend:
+                results, speedup = _thread_probe(self.fn, chunk, self.star, start, spec,
+                                                 backend, rounds)  # fmt: skip
+            self.probed.extend(results)
+            return results, speedup
 
         return probe
 
@@ -528,8 +605,8 @@ def explain(
     """
     call = Call(fn, _zip(iterables), Settings.resolve(fn, {"workers": workers}),
                 len(iterables) > 1, _total(iterables))  # fmt: skip
-    decision, _, _ = _auto.plan(cost_name(fn), call.items, call.total, workers,
-                                call._probe(None))  # fmt: skip
+    decision, _, _ = _auto.plan(cost_name(fn), call.items, call.total, workers, call._probe(None),
+                                probe_threads=call._probe_threads(None))  # fmt: skip
     if file is not None:
         print(decision, file=file)
     return decision

@@ -183,11 +183,12 @@ def _where(source: str, key: str) -> str:
     return f"${ENV_VARS[key]}"
 
 
-def get_backend(backend: str | None = None, workers: int | None = None) -> BackendChoice:
+def get_backend(backend: Any = None, workers: int | None = None) -> BackendChoice:
     """Tell which backend a call with these arguments would use, and why.
 
     Args:
-        backend: the ``backend=`` argument the call would pass, if any.
+        backend: the ``backend=`` argument the call would pass, if any (a name,
+            or a ``concurrent.futures.Executor``).
         workers: the ``workers=`` argument the call would pass, if any.
 
     Returns:
@@ -198,10 +199,8 @@ def get_backend(backend: str | None = None, workers: int | None = None) -> Backe
     """
     name, source = resolve("backend", backend)
     count, count_source = resolve("workers", workers)
-    if name is None:
-        name = _registry.default_backend()
-    else:
-        _registry.check_name(name, source=source)
+    # a name as is; an executor: the name it runs under
+    name = _registry.default_backend() if name is None else _registry.name_of(name, source=source)
     key = (name, source, count, count_source)
     choice = _choices.get(key)
     if choice is None:  # making a frozen dataclass costs more than the rest of this function

@@ -365,8 +365,16 @@ class Driver:
         raise TimeoutError(
             f"parmap call of {self.fn_name} exceeded timeout={self.timeout}s on the "
             f"{self.backend.name} backend ({self.done_items} of {total} items done); "
-            "its running work was stopped"
+            + _STOPPED[self.backend.stops_running]
         )
+
+
+_STOPPED = {  # what became of the running work, by the backend's stops_running fact
+    True: "its running work was stopped",
+    False: "no further item starts, but the items running now finish in the background "
+    "(this backend cannot stop its workers: a running Python thread cannot be killed, "
+    "nor can the workers of an executor parmap does not own)",
+}
 
 
 def _first_unpicklable(chunk: list[Any]) -> int:

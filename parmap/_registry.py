@@ -18,11 +18,17 @@ Live instances are kept per name and options, and leased to calls::
                             an older one is shut down once no call holds it (a
                             thread still using it is never cut off)
     shutdown()              at parmap.shutdown() or interpreter exit
+
+A ``concurrent.futures.Executor`` passed as ``backend=`` is adopted: it becomes
+a backend of its own (a class made by ``parmap.backends.ExecutorBackend``),
+named after its type and identity (:func:`name_of`) and forgotten when it is
+collected, so parmap never keeps a user's executor alive.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures as cf
 import contextlib
 import difflib
 import functools
@@ -31,6 +37,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,6 +59,7 @@ __all__ = [
     "is_installed",
     "lease",
     "live_backends",
+    "name_of",
     "register_backend",
     "shutdown",
 ]
@@ -84,6 +92,7 @@ _specs: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
         BackendSpec("serial", "parmap.backends._serial:SerialBackend"),
+        BackendSpec("threads", "parmap.backends._threads:ThreadsBackend"),
         BackendSpec("multiprocessing", "parmap.backends._multiprocessing:MultiprocessingBackend"),
         BackendSpec("loky", "parmap.backends._loky:LokyBackend", ("loky",), "loky"),
         BackendSpec("ray", "parmap.backends._ray:RayBackend", ("ray",), "ray"),
@@ -91,6 +100,8 @@ _specs: dict[str, BackendSpec] = {
         BackendSpec("mpi", "parmap.backends._mpi:MPIBackend", ("mpi4py",), "mpi"),
     )
 }
+# What adapts a user's executor passed as backend= (see name_of).
+EXECUTOR_BACKEND = "parmap.backends._executor:ExecutorBackend"
 DEFAULTS = ("ray", "loky")  # the default backend: the first of these that is installed
 AUTO = "auto"  # not an engine: parmap._auto picks serial or one of the backends per call
 _specs[AUTO] = BackendSpec(AUTO, None)
@@ -191,8 +202,21 @@ def default_reason(name: str) -> str:
 
 
 def check_name(name: Any, *, source: str) -> None:
-    """Raise :class:`UnknownBackendError` unless ``name`` is a known backend."""
-    _spec(name, source=source)
+    """Raise :class:`UnknownBackendError` unless ``name`` is a known backend (or an
+    executor, see :func:`name_of`)."""
+    name_of(name, source=source)
+
+
+def name_of(backend: Any, *, source: str) -> str:
+    """The registered name of a ``backend=`` value: a known name as is; a
+    ``concurrent.futures.Executor`` adopted as a backend of its own.
+
+    Raises:
+        UnknownBackendError: neither a known name nor an executor.
+    """
+    if isinstance(backend, cf.Executor):
+        return _adopt(backend)
+    return _spec(backend, source=source).name
 
 
 def _spec(name: Any, *, source: str) -> BackendSpec:
@@ -200,7 +224,7 @@ def _spec(name: Any, *, source: str) -> BackendSpec:
     if found is None:
         with _lock:
             _load_entry_points()
-            found = _specs.get(name) if isinstance(name, str) else None
+            found = (_specs.get(name) or _adopted.get(name)) if isinstance(name, str) else None
     if found is None:
         raise UnknownBackendError(_unknown(name, source))
     return found
@@ -218,7 +242,46 @@ def _unknown(name: Any, source: str) -> str:
         close = difflib.get_close_matches(name.strip().lower(), list(lowered), n=1, cutoff=0.6)
         if close:
             hint = f" (did you mean {lowered[close[0]]!r}?)"
-    return f"unknown parmap backend {name!r}{origin}{hint}; valid names are: {', '.join(names)}"
+    return (
+        f"unknown parmap backend {name!r}{origin}{hint}; valid names are: {', '.join(names)}"
+        " (or pass a concurrent.futures.Executor)"
+    )
+
+
+# -- executors passed as backend= -------------------------------------------------------
+
+_adopted: dict[str, BackendSpec] = {}  # name -> the spec of an adopted executor's class
+_adopted_ids: dict[int, str] = {}  # id(executor) -> name, while it lives
+
+
+def _adopt(executor: cf.Executor) -> str:
+    """The name of a user's executor as a backend; its class is made on first sight."""
+    key = id(executor)
+    name = _adopted_ids.get(key)
+    if name is not None:
+        return name
+    module_name, _, attr = EXECUTOR_BACKEND.partition(":")
+    adapter = getattr(importlib.import_module(module_name), attr)
+    with _lock:
+        name = _adopted_ids.get(key)
+        if name is not None:
+            return name
+        name = f"executor:{type(executor).__qualname__}@{key:x}"
+        _adopted[name] = BackendSpec(name, adapter.adopting(executor, name))
+        _adopted_ids[key] = name
+    with contextlib.suppress(TypeError):  # no weak references: forgotten at shutdown()
+        weakref.finalize(executor, _forget_adopted, key, name).atexit = False
+    return name
+
+
+def _forget_adopted(key: int, name: str) -> None:
+    """The executor was collected: forget its backend (its id may name another object)."""
+    with _lock:
+        if _adopted_ids.get(key) == name:
+            del _adopted_ids[key]
+        _adopted.pop(name, None)
+        _classes.pop(name, None)
+    shutdown(name)
 
 
 _classes: dict[str, type[Backend]] = {}
@@ -378,6 +441,11 @@ def shutdown(name: str | None = None) -> None:
     with _lock:
         names = [name] if name is not None else list(_live)
         doomed = [entry for n in names for entry in _live.pop(n, [])]
+        if name is None:  # adopted executors are the caller's: only parmap's view of them goes
+            for adopted in list(_adopted):
+                _classes.pop(adopted, None)
+            _adopted.clear()
+            _adopted_ids.clear()
     _stop(doomed)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing
 import os
 import time
 
@@ -15,7 +17,7 @@ from parmap._registry import is_installed
 
 cloudpickle.register_pickle_by_value(funcs)
 
-BUILT_IN = ("serial", "multiprocessing", "loky", "ray", "dask")
+BUILT_IN = ("serial", "threads", "multiprocessing", "loky", "ray", "dask")
 # Every installed backend: the built-in ones, then any registered through an entry
 # point (examples/custom_backend, once installed), which pass the same contract suite.
 # (backend="mpi" is usable only in rank 0 of `mpiexec -n N python -m mpi4py.futures`: the
@@ -26,13 +28,35 @@ BACKENDS = [name for name in BUILT_IN if is_installed(name)] + [
 ]
 NARROWED = [name for name in os.environ.get("PARMAP_TEST_BACKENDS", "").split(",") if name]
 # Where fn may run in the test process itself (auto picks serial for small, cheap inputs).
-IN_PROCESS = ("serial", "auto")
+IN_PROCESS = ("serial", "auto", "threads")
+# The user's own executors, passed as backend=: a fresh one per test (a broken
+# executor stays broken), shut down by the test's owner, never by parmap.
+EXECUTORS = {
+    "ThreadPoolExecutor": lambda: cf.ThreadPoolExecutor(2),
+    "ProcessPoolExecutor": lambda: cf.ProcessPoolExecutor(
+        2, mp_context=multiprocessing.get_context("forkserver")
+    ),
+}
 
 
-@pytest.fixture(params=NARROWED or [*BACKENDS, "auto"])
+def in_process(backend) -> bool:
+    """Whether fn runs in the test process on this backend (nothing is pickled)."""
+    return backend in IN_PROCESS or isinstance(backend, cf.ThreadPoolExecutor)
+
+
+@pytest.fixture(params=NARROWED or [*BACKENDS, "auto", *EXECUTORS])
 def backend(request):
-    """Every installed backend, and auto; the contract suite runs once per each."""
-    return request.param
+    """Every installed backend, auto, and an executor of each kind; the contract suite
+    runs once per each."""
+    make = EXECUTORS.get(request.param)
+    if make is None:
+        yield request.param
+        return
+    executor = make()
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 # One per parent process, started on first use and exiting with the parent (the

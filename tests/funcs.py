@@ -3,6 +3,7 @@ that cannot import the tests folder (a Ray or Dask cluster) still get them."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import time
@@ -91,3 +92,9 @@ def init_count(_):
 
 def init_fails():
     raise RuntimeError("initializer refuses")
+
+
+def hold_gil(seconds):
+    """Wait ``seconds`` without releasing the GIL (a C call through ``ctypes.PyDLL`` keeps
+    it): work that holds the GIL, timed like a sleep whatever else the machine runs."""
+    ctypes.PyDLL(None).usleep(int(seconds * 1e6))

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import funcs
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def slow(x):
-    time.sleep(0.02)
+    funcs.hold_gil(0.02)  # holds the GIL: threads of one process would not run it in parallel
     return x * 2
 
 
@@ -58,6 +59,10 @@ def test_expensive_work_goes_to_a_running_backend(census):
     assert parmap.parmap(slow, range(100), backend="auto") == [2 * i for i in range(100)]
 
 
+def here():
+    return os.getpid(), threading.get_ident()
+
+
 class _Fitness:
     """A fitness whose cost the test changes between calls."""
 
@@ -66,7 +71,7 @@ class _Fitness:
     def __call__(self, x: int) -> int:
         if self.delay:
             time.sleep(self.delay)
-        return os.getpid()
+        return os.getpid(), threading.get_ident()
 
 
 def test_a_cheap_function_that_turns_costly_goes_parallel(census):
@@ -74,10 +79,12 @@ def test_a_cheap_function_that_turns_costly_goes_parallel(census):
     parmap.parmap(abs, range(4), backend="loky")  # warm: no start-up to pay
     fitness, items = _Fitness(), list(range(40))
     for _ in range(10):  # cheap: each call runs here, on auto's fast path
-        assert set(parmap.parmap(fitness, items, backend="auto")) == {os.getpid()}
+        assert set(parmap.parmap(fitness, items, backend="auto")) == {here()}
     fitness.delay = 0.02  # 0.8 s a call from now on
     parmap.parmap(fitness, items, backend="auto")  # still here: auto learns from it
-    assert os.getpid() not in parmap.parmap(fitness, items, backend="auto")
+    # on loky's processes or on threads (a sleep releases the GIL); a few may have run
+    # here, measuring how it scales on threads
+    assert parmap.parmap(fitness, items, backend="auto").count(here()) < len(items) // 2
 
 
 def test_start_up_cost_keeps_small_jobs_serial():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import itertools
 import pickle
@@ -9,7 +10,7 @@ import threading
 
 import funcs
 import pytest
-from conftest import IN_PROCESS
+from conftest import in_process
 
 import parmap
 
@@ -104,7 +105,7 @@ def test_user_exception_keeps_type_and_names_the_item(backend):
         parmap.parmap(funcs.fail_at(37, KeyError), range(100), backend=backend)
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "item 37" in notes and "37" in notes
-    if backend not in IN_PROCESS:
+    if not in_process(backend):
         assert isinstance(info.value.__cause__, parmap._errors.RemoteTraceback)
         assert "bad item 37" in str(info.value.__cause__)
         assert 'funcs.py", line' in str(info.value.__cause__)  # the worker's frame, by file
@@ -176,7 +177,7 @@ def test_initializer_error_is_clear(backend):
 
 
 def test_unpicklable_function_fails_before_any_work(backend):
-    if backend in IN_PROCESS:
+    if in_process(backend):
         pytest.skip("fn runs in place and is never pickled")
     lock = threading.Lock()
     calls = []
@@ -192,7 +193,7 @@ def test_unpicklable_function_fails_before_any_work(backend):
 
 
 def test_unpicklable_item_is_named(backend):
-    if backend in IN_PROCESS:
+    if in_process(backend):
         pytest.skip("items are never pickled in place")
     items = [1, 2, threading.Lock(), 4]
     with pytest.raises(parmap.SerializationError, match="item 2"):
@@ -200,7 +201,7 @@ def test_unpicklable_item_is_named(backend):
 
 
 def test_unpicklable_result_is_named(backend):
-    if backend in IN_PROCESS:
+    if in_process(backend):
         pytest.skip("results are never pickled in place")
 
     def make(x):
@@ -211,11 +212,15 @@ def test_unpicklable_result_is_named(backend):
 
 
 def test_worker_crash_raises_not_hangs(backend):
-    if backend in IN_PROCESS:
+    if in_process(backend):
         pytest.skip("no worker to crash: it would be the test process")
     with pytest.raises(parmap.WorkerCrashedError) as info:
         parmap.parmap(funcs.exit_at(7), range(20), backend=backend, chunksize=5)
     assert 7 in info.value.items
+    if isinstance(backend, cf.Executor):  # the user's executor is broken for good: say so
+        with pytest.raises(parmap.WorkerCrashedError, match="pass a new one"):
+            parmap.parmap(funcs.square, range(10), backend=backend)
+        return
     assert parmap.parmap(funcs.square, range(10), backend=backend) == [i * i for i in range(10)]
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
-import time
 from pathlib import Path
 
+import funcs
 import pytest
 
 import parmap
@@ -57,7 +57,7 @@ def test_found_through_its_entry_point_and_described():
 
 
 def slow(x):
-    time.sleep(0.02)
+    funcs.hold_gil(0.02)  # holds the GIL: threads of one process would not run it in parallel
     return x
 
 

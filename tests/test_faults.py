@@ -22,7 +22,7 @@ from pathlib import Path
 import funcs
 import psutil
 import pytest
-from conftest import BACKENDS, children
+from conftest import BACKENDS, children, in_process
 
 import parmap
 
@@ -33,7 +33,7 @@ VARIANTS = [
     *(b for b in BACKENDS if b != "multiprocessing"),
     *(f"multiprocessing-{method}" for method in START_METHODS),
 ]
-REMOTE = [v for v in VARIANTS if v != "serial"]
+REMOTE = [v for v in VARIANTS if not in_process(v)]  # fn in worker processes
 
 
 @contextmanager
@@ -106,7 +106,7 @@ def test_user_error_keeps_type_and_cancels_the_rest(variant, tmp_path, census):
         with pytest.raises(LookupError, match="item three") as info:
             parmap.parmap(fn, range(200), chunksize=1)
         assert any("item 3" in note for note in info.value.__notes__)
-        if variant != "serial":
+        if not in_process(variant):
             assert "item three is bad" in str(info.value.__cause__)
         assert settled(tmp_path) < 100, "the remaining work was not cancelled"
         assert_next_call_works()
@@ -237,8 +237,8 @@ if __name__ == "__main__":
 
 
 def test_workers_exit_when_the_caller_is_killed(variant, tmp_path):
-    if variant == "serial":
-        pytest.skip("serial starts no worker process")
+    if in_process(variant):
+        pytest.skip(f"{variant} starts no worker process")
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(KILLED_CALLER_SCRIPT))
     proc = subprocess.Popen(

@@ -24,8 +24,8 @@ What this module offers, by who uses it:
 
 - the class to subclass, :class:`Backend`, and its facts (``serializes``,
   ``batch_overhead``, ``startup_seconds``, ``default_model``, ``auto``,
-  ``cluster_env``, ``option_names``, ``stops_running``), which ``auto``,
-  calibration, ``parmap info`` and the command line read;
+  ``cluster_env``, ``option_names``, ``stops_running``, ``shares_gil``), which
+  ``auto``, calibration, ``parmap info`` and the command line read;
 - what a worker runs: :func:`run_batch` (in a worker process: the call's
   :class:`CallSpec` and the pickled items in, the pickled :class:`Outcome` out)
   or :func:`run_local` (in the caller's process, on live objects); a process
@@ -37,6 +37,8 @@ What this module offers, by who uses it:
 - for engines that let the caller choose each batch's worker: :class:`Dispatcher`,
   the one per-worker placement (two batches per worker thread, a waiting
   batch taken back by an idle worker at the end of a call);
+- :class:`ExecutorBackend`: what a ``concurrent.futures.Executor`` passed as
+  ``backend=`` runs through (one task per batch; the executor stays the caller's);
 - :func:`default_workers`: the CPUs this process may use; :func:`describe_exit`:
   how a dead worker's exit code reads in an error, with its likely cause.
 
@@ -58,6 +60,7 @@ from parmap._worker import (
 )
 from parmap.backends._base import Backend, InlineLocator, Locator, default_workers
 from parmap.backends._dispatch import Dispatcher, Job
+from parmap.backends._executor import ExecutorBackend
 
 __all__ = [
     "INLINE_SPEC_BYTES",
@@ -65,6 +68,7 @@ __all__ = [
     "CallSpec",
     "Dispatcher",
     "ErrorRecord",
+    "ExecutorBackend",
     "InlineLocator",
     "Job",
     "Locator",

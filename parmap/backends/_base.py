@@ -106,6 +106,10 @@ class Backend(abc.ABC):
             :meth:`stop_worker` really stop work that already runs (False where
             ``fn`` runs on the caller's own threads, which cannot be stopped:
             ``item_timeout=`` is refused there).
+        shares_gil: its workers are threads of the caller's process: where the
+            interpreter has a GIL, pure-Python work runs on them one at a time,
+            so ``auto`` measures per function how well it scales on two threads
+            (the model's ``work_factor`` is then for work that runs in parallel).
     """
 
     name: ClassVar[str] = "?"
@@ -117,6 +121,7 @@ class Backend(abc.ABC):
     cluster_env: ClassVar[str | None] = None
     option_names: ClassVar[tuple[str, ...]] = ()
     stops_running: ClassVar[bool] = True
+    shares_gil: ClassVar[bool] = False
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         if workers is not None and (

@@ -25,7 +25,14 @@ from typing import Any
 from parmap._model import save_models
 from parmap.backends._base import default_workers
 from parmap.bench._summary import Summary, quality, workload_of
-from parmap.bench._sweep import Row, SweepResult, Workload, format_bytes, format_seconds
+from parmap.bench._sweep import (
+    WORKLOAD_KINDS,
+    Row,
+    SweepResult,
+    Workload,
+    format_bytes,
+    format_seconds,
+)
 
 __all__ = ["machine_info", "text_summary", "write_outputs"]
 
@@ -250,7 +257,7 @@ def _speedup_rows(result: SweepResult, summary: Summary) -> list[list[str]]:
 
 
 def _order(workload: Workload) -> int:
-    return ("onemax", "cpu", "symreg", "payload").index(workload.kind)
+    return WORKLOAD_KINDS.index(workload.kind)
 
 
 def _speedup_cell(row: Row) -> str:

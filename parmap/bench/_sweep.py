@@ -31,15 +31,15 @@ from parmap.bench._targets import MapTarget, Target, make_target
 
 __all__ = ["Cell", "ColdStart", "Row", "SweepConfig", "SweepResult", "Workload", "run_sweep"]
 
-WORKLOAD_KINDS = ("onemax", "cpu", "symreg", "payload")
+WORKLOAD_KINDS = ("onemax", "cpu", "symreg", "payload", "gilfree")
 
 
 @dataclass(frozen=True)
 class Workload:
     """One fitness function setting: ``kind`` and its parameter.
 
-    ``param`` is the bit count (onemax), the cost in µs (cpu), the number of
-    data points (symreg) or the item size in bytes (payload).
+    ``param`` is the bit count (onemax), the cost in µs (cpu, gilfree), the
+    number of data points (symreg) or the item size in bytes (payload).
     """
 
     kind: str
@@ -54,6 +54,8 @@ class Workload:
             return f"cpu {format_seconds(self.param * 1e-6)}"
         if self.kind == "symreg":
             return f"symreg {self.param:g} pts"
+        if self.kind == "gilfree":
+            return f"gil-free {format_seconds(self.param * 1e-6)}"
         return f"payload {format_bytes(self.param)}"
 
     @property
@@ -72,6 +74,9 @@ class Workload:
             return fn, workloads.seeds(n_items)
         if self.kind == "symreg":
             return workloads.SymbolicRegression(int(self.param)), workloads.random_trees(n_items)
+        if self.kind == "gilfree":
+            hashing = workloads.HashFitness.for_cost(self.param, workloads.hash_rate())
+            return hashing, workloads.seeds(n_items)
         iterations = round(payload_cost_us * iterations_per_us)
         return workloads.PayloadFitness(iterations), workloads.payloads(n_items, int(self.param))
 
@@ -97,6 +102,7 @@ class SweepConfig:
     payload_sizes: list[int] = field(default_factory=lambda: [100, 10_000, 1_000_000])
     payload_counts: list[int] = field(default_factory=lambda: [100])
     payload_cost_us: float = 50.0
+    gilfree_costs_us: list[float] = field(default_factory=lambda: [1000.0])
     repeats: int = 3
     cell_budget: float = 1.0
     payload_budget_bytes: int = 256 * 2**20
@@ -115,6 +121,8 @@ class SweepConfig:
             specs += [Workload("symreg", p) for p in sorted(self.symreg_points)]
         if "payload" in self.workloads:
             specs += [Workload("payload", s) for s in sorted(self.payload_sizes)]
+        if "gilfree" in self.workloads:
+            specs += [Workload("gilfree", c) for c in sorted(self.gilfree_costs_us)]
         return specs
 
 
@@ -241,7 +249,7 @@ def plan(config: SweepConfig, iterations_per_us: float) -> tuple[list[Cell], lis
 
 def _estimate_cost(spec: Workload, config: SweepConfig, iterations_per_us: float) -> float:
     """Seconds per item, estimated before the sweep to apply the cell budget."""
-    if spec.kind == "cpu":
+    if spec.kind in ("cpu", "gilfree"):
         return spec.param * 1e-6
     if spec.kind == "payload":
         return config.payload_cost_us * 1e-6 + spec.param * 1e-9

@@ -12,6 +12,9 @@ workload            what one item costs                          item
                     evaluated over N data points (mean sq. err.)
 ``payload``         a fixed small cost on an individual of       ``bytes``, 100 B
                     100 B to 1 MB, so serialization shows        to 1 MB
+``gilfree``         a chosen cost in hashlib.sha256 over a       an int (a seed)
+                    buffer: C code that releases the GIL, so
+                    threads of one process run it in parallel
 ==================  ===========================================  ==================
 
 The CPU-bound cost is calibrated once per process, in the parent
@@ -21,6 +24,8 @@ The CPU-bound cost is calibrated once per process, in the parent
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import operator
 import random
@@ -32,12 +37,14 @@ from typing import Any
 
 __all__ = [
     "CpuFitness",
+    "HashFitness",
     "PayloadFitness",
     "SymbolicRegression",
     "Tree",
     "bitstrings",
     "calibrate",
     "evaluate_tree",
+    "hash_rate",
     "onemax",
     "payloads",
     "random_tree",
@@ -122,6 +129,44 @@ class CpuFitness:
 
     def __call__(self, item: int) -> tuple[float]:
         return (spin(self.iterations, item & _MASK) / _MASK,)
+
+
+@functools.cache
+def hash_rate(rounds: int = 5) -> float:
+    """Bytes that :func:`hashlib.sha256` digests per microsecond here (median of a few runs
+    over 1 MiB)."""
+    data = _buffer(1 << 20)
+    runs = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        hashlib.sha256(data).digest()
+        runs.append(time.perf_counter() - start)
+    return len(data) / (statistics.median(runs) * 1e6)
+
+
+@functools.lru_cache(maxsize=4)
+def _buffer(nbytes: int) -> bytes:
+    """``nbytes`` of fixed data, made once per process (workers make their own)."""
+    return bytes(range(256)) * (nbytes // 256) + bytes(nbytes % 256)
+
+
+@dataclass(frozen=True)
+class HashFitness:
+    """A fitness whose work releases the GIL: SHA-256 over ``nbytes`` (CPython's hashlib
+    drops the GIL for inputs over 2 KiB), seeded by the item. Threads of one process
+    run it in parallel; the item stays a small int, so processes ship little."""
+
+    nbytes: int
+
+    @classmethod
+    def for_cost(cls, cost_us: float, bytes_per_us: float) -> HashFitness:
+        """The function that costs about ``cost_us`` microseconds per item here."""
+        return cls(max(4096, round(cost_us * bytes_per_us)))
+
+    def __call__(self, item: int) -> tuple[int]:
+        digest = hashlib.sha256(item.to_bytes(8, "little"))
+        digest.update(_buffer(self.nbytes))
+        return (digest.digest()[0],)
 
 
 def seeds(count: int, seed: int = 0) -> list[int]:
