@@ -128,6 +128,7 @@ class _RemoteShared(Shared[T]):
     def __init__(self, token: str, locator: Locator) -> None:
         self._token = token
         self._locator = locator
+        _worker.note_share(token)  # the function that holds it is dropped with the value
 
     @property
     def value(self) -> T:

@@ -12,6 +12,10 @@ Per worker process, three small caches make repeated calls cheap:
 - the digests of initializers that already ran here (``initializer=`` runs once
   per worker process);
 - values of ``parmap.share()`` handles, loaded once per worker.
+
+A cached function whose ``share()`` handles the caller has released is dropped
+with their values: a handle of the default kind carries its value's bytes, and
+sixteen cached generations of a DEAP run would hold sixteen values.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ INLINE_SPEC_BYTES = 64 * 1024  # a function this small rides along with every ba
 
 _FUNCTION_CACHE_SIZE = 16
 _functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+_shares_of: dict[str, frozenset[str]] = {}  # a cached function's share() tokens
 _initialized: set[str] = set()
 _init_lock = threading.RLock()  # reentrant: an initializer may call parmap itself
 shared_values: dict[str, Any] = {}
@@ -336,6 +341,17 @@ def drop_released(live: tuple[str, ...]) -> None:
     for token in list(shared_values):  # list(): one step, other batch threads may add
         if token.startswith(owner) and token not in keep:
             shared_values.pop(token, None)
+    for fn_token, tokens in list(_shares_of.items()):
+        if any(t.startswith(owner) and t not in keep for t in tokens):
+            _functions.pop(fn_token, None)
+            _shares_of.pop(fn_token, None)
+
+
+def note_share(token: str) -> None:
+    """A ``share()`` handle was unpickled here (called by the handle)."""
+    found = getattr(_thread, "shares", None)
+    if found is not None:
+        found.add(token)
 
 
 def holds(spec: CallSpec) -> bool:
@@ -356,10 +372,17 @@ def _with_initializer(spec: CallSpec) -> CallSpec:
 def _function(spec: CallSpec) -> Callable[..., Any]:
     fn = _functions.get(spec.fn_token)
     if fn is None:
-        fn = loads_function(spec.fn)
+        _thread.shares = shares = set()
+        try:
+            fn = loads_function(spec.fn)
+        finally:
+            _thread.shares = None
         _functions[spec.fn_token] = fn
+        if shares:
+            _shares_of[spec.fn_token] = frozenset(shares)
         if len(_functions) > _FUNCTION_CACHE_SIZE:
-            _functions.popitem(last=False)
+            evicted, _ = _functions.popitem(last=False)
+            _shares_of.pop(evicted, None)
     else:
         _functions.move_to_end(spec.fn_token)
     return fn

@@ -73,5 +73,6 @@ def test_auto_chooses_it_where_it_is_the_fastest(census, monkeypatch):
     assert decision.chosen == "pebble", str(decision)
     assert "pebble" in parmap._auto.candidates()
     assert parmap.parmap(slow, range(40), backend="auto", workers=2) == list(range(40))
-    live = {backend.name for backend in parmap._registry.live_backends()}
+    # auto may have measured on the caller's threads how fn scales there (no process)
+    live = {backend.name for backend in parmap._registry.live_backends()} - {"threads"}
     assert live == {"pebble"}, f"auto started {live - {'pebble'}} besides the warm pebble"

@@ -25,13 +25,13 @@ from pathlib import Path
 import funcs
 import psutil
 import pytest
-from conftest import BACKENDS, children, wait_for_no_children
+from conftest import BACKENDS, children, in_process, wait_for_no_children
 
 import parmap
 
 pytestmark = pytest.mark.timeout(240)
 
-REMOTE = [b for b in BACKENDS if b != "serial"]
+REMOTE = [b for b in BACKENDS if not in_process(b)]  # fn runs in other processes
 POOLS = [b for b in ("multiprocessing", "loky") if b in BACKENDS]
 MB = 2**20
 

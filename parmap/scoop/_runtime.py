@@ -344,14 +344,19 @@ def _call_one(task: CallTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         return parmap.parmap(task, [(args, kwargs)], chunksize=1)[0]
 
 
-def _run(future: Future, job: Callable[[], Any]) -> None:
-    if not future.set_running_or_notify_cancel():
+def _run(future: Future, job: Callable[[], Any], sent: Callable[[], None] = lambda: None) -> None:
+    """Run ``job`` for ``future``; ``sent()`` once it has ended, before the callbacks run
+    (a callback may submit again, and wait for it)."""
+    if not future.set_running_or_notify_cancel():  # cancelled: its waiters are told
+        sent()
         return
     try:
         result = job()
     except BaseException as exc:  # the future carries it, like concurrent.futures does
+        sent()
         future.finish(None, exc)
     else:
+        sent()
         future.finish(result, None)
 
 
@@ -368,7 +373,8 @@ class _Turns:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._issued = 0
-        self._serving = 0
+        self._serving = 0  # the ticket whose call goes next
+        self._ended: set[int] = set()  # tickets done out of turn (none, unless interrupted)
 
     def take(self) -> int:
         with self._changed:
@@ -380,25 +386,28 @@ class _Turns:
             self._changed.wait_for(lambda: self._serving >= ticket)
 
     def done(self, ticket: int) -> None:
+        """The call of ``ticket`` has its batch out or has ended (a second time: nothing)."""
         with self._changed:
-            if self._serving == ticket:
+            if ticket < self._serving:
+                return
+            self._ended.add(ticket)
+            while self._serving in self._ended:
+                self._ended.discard(self._serving)
                 self._serving += 1
-                self._changed.notify_all()
+            self._changed.notify_all()
 
 
 def _in_turn(turns: _Turns, ticket: int, future: Future, job: Callable[[], Any]) -> None:
-    passed = functools.partial(turns.done, ticket)
+    sent = functools.partial(turns.done, ticket)  # once the batch is out, or the call ended
     try:
         turns.wait(ticket)
-        if future.cancelled():
-            return
-        token = on_first_batch.set(passed)
+        token = on_first_batch.set(sent)
         try:
-            _run(future, job)
+            _run(future, job, sent)
         finally:
             on_first_batch.reset(token)
     finally:
-        passed()  # the call ended before its batch was sent (an error, a cancel)
+        sent()  # whatever happened, the next call's turn comes
 
 
 class Submitter:
@@ -429,7 +438,11 @@ class Submitter:
             pool = self._threads()
             ticket = self._turns.take()
             run = functools.partial(_in_turn, self._turns, ticket, future, job)
-            pool.submit(contextvars.copy_context().run, run)
+            try:
+                pool.submit(contextvars.copy_context().run, run)
+            except BaseException:  # at interpreter exit: the ticket must not block the next
+                self._turns.done(ticket)
+                raise
         return future
 
     def _inline(self) -> bool:
