@@ -372,7 +372,8 @@ def _with_initializer(spec: CallSpec) -> CallSpec:
 def _function(spec: CallSpec) -> Callable[..., Any]:
     fn = _functions.get(spec.fn_token)
     if fn is None:
-        _thread.shares = shares = set()
+        shares: set[str] = set()
+        _thread.shares = shares
         try:
             fn = loads_function(spec.fn)
         finally:
