@@ -455,3 +455,22 @@ def test_initializer_runs_once_in_a_worker_with_several_threads(census):
             parmap.shutdown()
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize("item_timeout", [None, 30.0], ids=["unwatched", "watched"])
+def test_a_lost_share_is_noticed_from_the_items_own_thread(item_timeout):
+    """With item_timeout= the items run on a thread of their own: a share() value found
+    lost there still marks the batch as lost (the caller sends the value again and
+    retries), and is never an item's failure returned in its place."""
+    from parmap._serialization import dumps, dumps_function
+    from parmap._worker import CallSpec
+    from parmap.backends._dask_direct import note_lost, run_watching
+
+    def load(x):
+        note_lost(f"value-{x}")  # what a shared value's loader does when no copy is left
+        return x
+
+    spec = CallSpec("lost-token", dumps_function(load), False, item_timeout=item_timeout,
+                    keep_going=True)  # fmt: skip
+    _, lost = run_watching(spec, dumps([1, 2]))
+    assert lost == ["value-1", "value-2"]

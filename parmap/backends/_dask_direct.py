@@ -90,7 +90,11 @@ _INLINE_BYTES = 64 * 1024  # smaller payloads ride in the message itself (0.3 ms
 # -- on the worker ---------------------------------------------------------------------
 
 _waiting: dict[str, cf.Future[bytes]] = {}  # batch id -> its run in the worker's executor
-_batch = threading.local()  # .lost: share() values this thread's batch found lost
+# The share() values the running batch found lost. A context variable, not a thread's:
+# with item_timeout= the items run on a thread of their own, which copies the context.
+_lost: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "parmap_dask_lost", default=None
+)
 
 
 class SharedLost(Exception):
@@ -105,18 +109,19 @@ class SharedLost(Exception):
 
 def note_lost(name: str) -> None:
     """Called by a shared value's loader that found the value lost (on a worker)."""
-    lost: list[str] | None = getattr(_batch, "lost", None)
+    lost = _lost.get()
     if lost is not None:
         lost.append(name)
 
 
 def run_watching(spec: CallSpec, items: bytes) -> tuple[bytes, list[str]]:
     """``run_batch``, and the shared values it found lost (then its outcome is moot)."""
-    _batch.lost = []
+    lost: list[str] = []
+    token = _lost.set(lost)
     try:
-        return run_batch(spec, items), _batch.lost
+        return run_batch(spec, items), lost
     finally:
-        _batch.lost = None
+        _lost.reset(token)
 
 
 def run_batch_task(spec: CallSpec, items: bytes) -> bytes:
