@@ -46,6 +46,8 @@ __all__ = ["Driver", "RandomState", "on_first_batch"]
 
 log = logging.getLogger("parmap")
 
+FREE_RESENDS = 5  # times a batch lost through no fault of its own is sent again for free
+
 # Called once, as soon as a call's first batch is in its backend's hands (or the call
 # ends without one). parmap.scoop sets it to hand over submitted calls in their order.
 on_first_batch: ContextVar[Callable[[], None] | None] = ContextVar(
@@ -93,6 +95,7 @@ class Batch:
     attempts: int = 0
     done: list[Any] = field(default_factory=list)
     exposed: bool = False  # in flight when a stuck worker was stopped: a crash is not its own
+    resent: int = 0  # times sent again for free (exposed, or lost as collateral)
 
     def span(self) -> str:
         return span(self.start, len(self.items))
@@ -284,9 +287,13 @@ class Driver:
         in_flight: dict[cf.Future[Any], Batch],
     ) -> list[Any] | None:
         """A batch lost with its worker: sent again while retries last (a batch caught in
-        the stop of another's stuck worker is sent again for free), else the error."""
-        if error.retryable and (batch.exposed or batch.attempts < self.retries):
-            if not batch.exposed:
+        the stop of another's stuck worker, or lost as collateral of other workers' deaths,
+        is sent again for free, a few times at most), else the error."""
+        free = (batch.exposed or error.collateral) and batch.resent < FREE_RESENDS
+        if error.retryable and (free or batch.attempts < self.retries):
+            if free:
+                batch.resent += 1
+            else:
                 batch.attempts += 1
                 log.warning("parmap: %s; retrying items %s", error, batch.span())
             batch.exposed = False

@@ -66,6 +66,10 @@ class WorkerCrashedError(ParmapError):
         items: the indices of the items that were in flight on the lost worker(s).
         retryable: False when sending the batch again cannot help (the worker died
             while starting, before any item ran): ``retries=`` does not apply.
+        collateral: True when the batch was lost through no fault of its own: its worker
+            lives, but data it needed was lost with other workers (a backend's
+            ``translate`` says so). Such a batch is sent again without counting
+            against ``retries=`` (a few times at most).
     """
 
     def __init__(
@@ -75,11 +79,13 @@ class WorkerCrashedError(ParmapError):
         exitcode: int | None = None,
         items: Sequence[int] = (),
         retryable: bool = True,
+        collateral: bool = False,
     ) -> None:
         super().__init__(message)
         self.exitcode = exitcode
         self.items = tuple(items)
         self.retryable = retryable
+        self.collateral = collateral
 
 
 class TimeoutError(ParmapError, _BuiltinTimeoutError):

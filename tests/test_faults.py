@@ -8,6 +8,7 @@ is checked by behaviour, not by timing.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import faulthandler
 import os
 import signal
@@ -25,6 +26,8 @@ import pytest
 from conftest import BACKENDS, children, in_process
 
 import parmap
+from parmap import _registry
+from parmap.backends._threads import ThreadsBackend
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -411,3 +414,54 @@ def test_many_small_calls_do_not_leak(variant, census):
         assert family() <= procs
         assert me.num_fds() <= fds + 4
         assert growth < 50
+
+
+class _LosesData(ThreadsBackend):
+    """The threads backend, but the first batch holding item 3 comes back lost the way
+    a Dask batch does whose share() value died with other workers (its own worker
+    lives): as collateral, or (``own``) as an ordinary crash."""
+
+    name = "loses-data"
+    own = False
+
+    def __init__(self, workers=None, **options):
+        super().__init__(workers, **options)
+        self.lost = 0
+
+    def submit(self, prepared, items):
+        if 3 in items and self.lost < 2:
+            self.lost += 1
+            future = cf.Future()
+            future.set_exception(LookupError("a value this batch needed was lost"))
+            return future
+        return super().submit(prepared, items)
+
+    def translate(self, exc, future):
+        if isinstance(exc, LookupError):
+            return parmap.WorkerCrashedError(str(exc), collateral=not self.own)
+        return super().translate(exc, future)
+
+
+class _LosesItsOwn(_LosesData):
+    name = "loses-its-own"
+    own = True
+
+
+@pytest.mark.parametrize("lossy", [_LosesData, _LosesItsOwn])
+def test_a_batch_lost_as_collateral_is_sent_again_for_free(lossy):
+    """A collateral loss does not count against retries=; a batch's own crash does."""
+    parmap.register_backend(lossy.name, lossy)
+    try:
+        options = {"backend": lossy.name, "workers": 2, "chunksize": 2}
+        if lossy.own:
+            with pytest.raises(parmap.WorkerCrashedError, match="was lost"):
+                parmap.parmap(funcs.square, range(10), **options)
+            parmap.shutdown(lossy.name)
+            got = parmap.parmap(funcs.square, range(10), return_exceptions=True, **options)
+            assert [type(g) for g in got[2:4]] == [parmap.WorkerCrashedError] * 2
+            assert got[:2] + got[4:] == [0, 1, 16, 25, 36, 49, 64, 81]
+        else:
+            assert parmap.parmap(funcs.square, range(10), **options) == [x * x for x in range(10)]
+    finally:
+        parmap.shutdown(lossy.name)
+        _registry._specs.pop(lossy.name)

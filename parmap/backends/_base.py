@@ -179,7 +179,9 @@ class Backend(abc.ABC):
         """Map an engine's error to a parmap error (default: as is).
 
         A worker lost with its batch must become :class:`parmap.WorkerCrashedError`:
-        that is what ``retries=`` retries.
+        that is what ``retries=`` retries. A batch lost through no fault of its own
+        (its worker lives, data it needed died with other workers) is one with
+        ``collateral=True``: the core sends it again without counting it.
 
         Args:
             exc: what ``submit`` or ``future.result()`` raised.

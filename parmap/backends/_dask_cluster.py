@@ -234,8 +234,9 @@ class DaskEngine:
         if isinstance(exc, WorkerLost):
             return _worker_lost(exc.address, session)
         if isinstance(exc, SharedLost):
-            return WorkerCrashedError(
-                f"{exc}; the Dask workers holding every copy died (parmap sends the value again)"
+            return WorkerCrashedError(  # this batch's worker lives: not its own loss
+                f"{exc}; the Dask workers holding every copy died (parmap sends the value again)",
+                collateral=True,
             )
         if isinstance(exc, distributed.KilledWorker):
             tries = exc.allowed_failures + 1
