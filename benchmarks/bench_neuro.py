@@ -56,7 +56,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=3, help="episodes per evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3, help="serial/backend pairs per backend")
-    parser.add_argument("--backends", default=",".join(parmap.available_backends()))
+    # Worker processes: threads share one process and its GIL (the rollouts are small
+    # numpy steps that hold it), and hold the caller's table rather than a copy.
+    processes = [b for b in parmap.available_backends() if b != "threads"]
+    parser.add_argument("--backends", default=",".join(processes))
     parser.add_argument("--address", help="a Ray cluster or Dask scheduler (one backend)")
     parser.add_argument("--workers", type=int, help="workers per backend (default: CPUs)")
     parser.add_argument("--target", type=float, default=0.55, help="ratio to meet")
