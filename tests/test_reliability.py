@@ -73,14 +73,6 @@ def rss(processes):
     return total
 
 
-def slow(seconds):
-    def fn(x):
-        time.sleep(seconds)
-        return x
-
-    return fn
-
-
 # -- 1. the engine's own processes die mid-call ----------------------------------------------------
 
 
@@ -94,7 +86,7 @@ def test_ray_raylet_killed_mid_call_fails_within_seconds_and_the_next_call_works
     assert parmap.parmap(look, range(10), backend="ray", workers=2) == list(range(10))
     killed = kill_after(2.0, raylet)
     with pytest.raises(parmap.WorkerCrashedError) as info:
-        parmap.parmap(slow(0.25), range(160), backend="ray", workers=2, retries=1)
+        parmap.parmap(funcs.sleep_then(0.25), range(160), backend="ray", workers=2, retries=1)
     seconds = time.monotonic() - killed["at"]
     print(f"ray: the call failed {seconds:.1f} s after the raylet was killed: {info.value}")
     assert seconds < 15, "no timeout= was given: the death must be noticed by itself"
@@ -183,7 +175,9 @@ def test_dask_scheduler_killed_mid_call_fails_within_seconds(dask_cluster_proces
     parmap.parmap(abs, range(10), backend="dask", address=address)
     killed = kill_after(2.0, lambda: scheduler.pid)
     with pytest.raises(parmap.WorkerCrashedError) as info:
-        parmap.parmap(slow(0.25), range(160), backend="dask", address=address, retries=1)
+        parmap.parmap(
+            funcs.sleep_then(0.25), range(160), backend="dask", address=address, retries=1
+        )
     seconds = time.monotonic() - killed["at"]
     print(f"dask: the call failed {seconds:.1f} s after the scheduler was killed: {info.value}")
     assert seconds < 10, "the client's 30 s of reconnecting must not hold the call"
