@@ -348,16 +348,13 @@ def _run(future: Future, job: Callable[[], Any], sent: Callable[[], None] = lamb
     """Run ``job`` for ``future``; ``sent()`` once it has ended, before the callbacks run
     (a callback may submit again, and wait for it)."""
     if not future.set_running_or_notify_cancel():  # cancelled: its waiters are told
-        sent()
         return
     try:
-        result = job()
+        outcome: tuple[Any, BaseException | None] = (job(), None)
     except BaseException as exc:  # the future carries it, like concurrent.futures does
-        sent()
-        future.finish(None, exc)
-    else:
-        sent()
-        future.finish(result, None)
+        outcome = (None, exc)
+    sent()
+    future.finish(*outcome)
 
 
 class _Turns:
