@@ -159,6 +159,37 @@ def test_timeout_kills_running_work_and_share_survives(census):
     assert not before & worker_pids(client), "workers running stopped batches still live"
 
 
+def hang_on_one(x):
+    if x == 1:
+        time.sleep(120)
+    return x
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["nannies-kept", "nannies-started-again"])
+def test_a_killed_worker_is_replaced_even_when_its_nanny_is_reaped(kept, monkeypatch, census):
+    """distributed's SpecCluster closes a nanny whose worker is not back within
+    lost-worker-timeout (15 s; 0 here, so the kill of a hung item always meets that check):
+    the embedded cluster keeps its nannies, and without that (private) override, it starts
+    the missing one again at the next call."""
+    from parmap.backends import _dask_cluster
+
+    if not kept:
+        monkeypatch.setattr(_dask_cluster, "_BASE_UPDATE", None)
+    dask = pytest.importorskip("dask")
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": 0}):
+        parmap.parmap(funcs.square, range(4), backend="dask")
+        client = live_dask_backend().client
+        got = parmap.parmap(hang_on_one, range(4), backend="dask", chunksize=1,
+                            item_timeout=1, return_exceptions=True)  # fmt: skip
+        assert isinstance(got[1], parmap.ItemTimeoutError)
+        assert got[:1] + got[2:] == [0, 2, 3]
+        time.sleep(0.5)  # the reaping check runs on the cluster's event loop
+        assert parmap.parmap(funcs.square, range(8), backend="dask") == [i * i for i in range(8)]
+        wanted = len(client.cluster.worker_spec)
+        client.wait_for_workers(wanted, timeout=60)
+        assert len(client.cluster.workers) == wanted
+
+
 def test_share_is_broadcast_once(census):
     blob = parmap.share(b"x" * 2_000_000)
 

@@ -422,6 +422,7 @@ class DaskEngine:
     def _local(self) -> _Session:
         current = self._embedded
         if current is not None and current.alive:
+            _restore_nannies(current)
             return current
         if current is not None:
             self._embedded = None
@@ -485,7 +486,7 @@ def _start_local_cluster(workers: int, scratch: str) -> distributed.LocalCluster
             "with: pip install 'parmap-backends[dask]'"
         ) from exc
     try:
-        return distributed.LocalCluster(
+        return _LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
@@ -506,6 +507,29 @@ def _start_local_cluster(workers: int, scratch: str) -> distributed.LocalCluster
             'parmap when it is imported, move the call under `if __name__ == "__main__":` '
             "(Dask starts workers with 'spawn', which imports the main module again)"
         ) from exc
+
+
+class _LocalCluster(distributed.LocalCluster):
+    """A LocalCluster that keeps its nannies when their workers are killed.
+
+    When the scheduler drops a worker, SpecCluster waits
+    ``distributed.deploy.lost-worker-timeout`` (15 s) and then closes its nanny for good
+    unless a worker of the same name is back by then. parmap kills workers to stop items
+    that hang, sometimes the same nanny's twice within 15 s: the check can then find the
+    second replacement still starting, and the cluster stays a worker short (seen in
+    ``symbreg --faults``). Our nannies start their own replacements, so a removal leaves
+    them be. This overrides a private method; if it changes, :func:`_wait_for_replacements`
+    still starts any nanny that went missing, through the public ``scale()``.
+    """
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        if op == "remove" and _BASE_UPDATE is not None:
+            _BASE_UPDATE(self, op, msg)  # the scheduler's view, without SpecCluster's reaping
+            return
+        super()._update_worker_status(op, msg)
+
+
+_BASE_UPDATE = getattr(distributed.deploy.Cluster, "_update_worker_status", None)
 
 
 class _ExitCodes:
@@ -604,10 +628,21 @@ def _worker_lost(address: str, session: _Session | None, again: str = "") -> Wor
     return WorkerCrashedError(f"a Dask worker process ({address}) {how}{again}", exitcode=exitcode)
 
 
+def _restore_nannies(session: _Session) -> None:
+    """Start again, through the public ``scale()``, any nanny the embedded cluster closed
+    (see :class:`_LocalCluster`); its worker joins while the call runs."""
+    cluster = session.cluster
+    if cluster is not None and len(cluster.workers) < len(cluster.worker_spec):
+        log.debug("parmap: starting Dask nannies again: %d of %d left",
+                  len(cluster.workers), len(cluster.worker_spec))  # fmt: skip
+        cluster.scale(len(cluster.worker_spec))
+
+
 def _wait_for_replacements(session: _Session) -> None:
     """Wait until the killed workers' replacements joined, or go on with the workers there
-    are: a nanny does not always start a new worker (seen once in a long run of kills,
-    one of two never came back), and the call is better served by fewer workers."""
+    are (the call is better served by fewer workers than by none). A nanny the cluster
+    closed meanwhile (see :class:`_LocalCluster`) is started again first."""
+    _restore_nannies(session)
     try:
         session.client.wait_for_workers(session.threads, timeout=_REPLACEMENT_TIMEOUT)
     except (TimeoutError, asyncio.TimeoutError, distributed.TimeoutError) as exc:
