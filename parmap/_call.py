@@ -222,7 +222,9 @@ class Settings:
         if not callable(fn):
             raise TypeError(f"parmap's first argument must be callable, got {item_repr(fn)}")
         choice = _config.get_backend(options.get("backend"), options.get("workers"))
-        if _worker.on_worker() and choice.source != "argument":
+        if not _worker.on_worker():
+            _worker.note_caller()
+        elif choice.source != "argument":
             # A nested call on a worker runs in place: no pool inside a pool, no deadlock.
             choice = BackendChoice("serial", "nested", None)
         context = _config.current_options()

@@ -61,6 +61,7 @@ _initialized: set[str] = set()
 _init_lock = threading.RLock()  # reentrant: an initializer may call parmap itself
 shared_values: dict[str, Any] = {}
 in_worker = False  # True in a process that has run a batch for a remote caller
+_caller_pid: int | None = None  # this process's pid once it made a parmap call of its own
 _thread = threading.local()  # .running: this thread runs a batch of a caller in this process
 
 
@@ -69,6 +70,14 @@ def on_worker() -> bool:
     (a pool process, a Ray actor, a Dask worker) or a thread running a batch right now
     (the threads backend). A nested call made there runs in place."""
     return in_worker or getattr(_thread, "running", False)
+
+
+def note_caller() -> None:
+    """This process makes parmap calls of its own. A batch that runs here anyway (the
+    caller's own executor runs tasks on threads of this process) marks only its thread
+    as a worker, never the whole process: the caller's later calls must not run in place."""
+    global _caller_pid
+    _caller_pid = os.getpid()
 
 
 @contextlib.contextmanager
@@ -313,7 +322,11 @@ def run_batch(spec: CallSpec, items_blob: bytes) -> bytes:
         for ``KeyboardInterrupt``.
     """
     global in_worker
-    in_worker = True
+    if os.getpid() != _caller_pid:
+        in_worker = True
+    elif not getattr(_thread, "running", False):  # a caller's own executor runs it
+        with running_here():
+            return run_batch(spec, items_blob)
     if spec.live_shares:
         drop_released(spec.live_shares)
     try:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import parmap
+from parmap import _worker
 from parmap._registry import is_installed
 
 cloudpickle.register_pickle_by_value(funcs)
@@ -112,6 +113,18 @@ def _clean_env(monkeypatch):
     # backend="auto" predicts with built-in constants in tests: no calibration run per test.
     monkeypatch.setenv("PARMAP_CALIBRATION", "defaults")
     yield
+
+
+@pytest.fixture(autouse=True)
+def _still_the_caller():
+    """No test may leave the test process marked as a parmap worker (``run_batch`` marks
+    the process it runs in): every later call would run in place, and a later test's
+    ``os._exit`` meant for a worker would end the test run itself."""
+    yield
+    if _worker.in_worker:
+        _worker.in_worker = False
+        pytest.fail("this test ran run_batch in the test process and left it marked as a "
+                    "worker: keep parmap._worker.in_worker with monkeypatch")  # fmt: skip
 
 
 def pytest_sessionfinish(session, exitstatus):

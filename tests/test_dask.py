@@ -489,13 +489,15 @@ def test_initializer_runs_once_in_a_worker_with_several_threads(census):
 
 
 @pytest.mark.parametrize("item_timeout", [None, 30.0], ids=["unwatched", "watched"])
-def test_a_lost_share_is_noticed_from_the_items_own_thread(item_timeout):
+def test_a_lost_share_is_noticed_from_the_items_own_thread(item_timeout, monkeypatch):
     """With item_timeout= the items run on a thread of their own: a share() value found
     lost there still marks the batch as lost (the caller sends the value again and
     retries), and is never an item's failure returned in its place."""
     from parmap._serialization import dumps, dumps_function
     from parmap._worker import CallSpec
     from parmap.backends._dask_direct import note_lost, run_watching
+
+    monkeypatch.setattr(parmap._worker, "in_worker", False)  # run_batch marks this process
 
     def load(x):
         note_lost(f"value-{x}")  # what a shared value's loader does when no copy is left

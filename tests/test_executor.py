@@ -98,6 +98,35 @@ def test_a_nested_call_on_a_full_executor_runs_in_place():
     assert got == [sum(i * i for i in range(x)) for x in range(6)]
 
 
+class OwnThreads(cf.Executor):
+    """A user's executor that runs tasks on threads of the caller's process, but is no
+    ThreadPoolExecutor: parmap ships it pickled batches, as to any executor."""
+
+    def __init__(self):
+        self._pool = cf.ThreadPoolExecutor(2)
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._pool.shutdown(wait, cancel_futures=cancel_futures)
+
+
+def test_batches_run_on_the_callers_own_threads_leave_it_a_caller(census):
+    """A batch run in the caller's process marks only its thread as a worker: the
+    caller's next calls still go to their backend, not in place (a backend named as an
+    argument is used even on a worker: the later call takes it from the context)."""
+    with OwnThreads() as executor:
+        nested = parmap.parmap(funcs.pid, range(3), backend=executor, chunksize=1)
+        assert nested == [os.getpid()] * 3
+        got = parmap.parmap(lambda x: parmap.parmap(funcs.square, range(x)), range(4),
+                            backend=executor, chunksize=1)  # fmt: skip
+        assert got == [[i * i for i in range(x)] for x in range(4)]
+    with parmap.config(backend="multiprocessing", workers=2):  # not an argument: see below
+        pids = parmap.parmap(funcs.pid, range(8), chunksize=1)
+    assert os.getpid() not in pids, "the caller was left marked as a worker: ran in place"
+
+
 def test_something_else_is_a_clear_error():
     with pytest.raises(parmap.UnknownBackendError, match=r"concurrent\.futures\.Executor"):
         parmap.parmap(funcs.square, range(3), backend=object())
