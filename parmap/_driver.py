@@ -46,7 +46,7 @@ __all__ = ["Driver", "RandomState", "on_first_batch"]
 
 log = logging.getLogger("parmap")
 
-FREE_RESENDS = 5  # times a batch lost through no fault of its own is sent again for free
+FREE_RESENDS = 5  # times a batch lost as collateral of other deaths is sent again for free
 
 # Called once, as soon as a call's first batch is in its backend's hands (or the call
 # ends without one). parmap.scoop sets it to hand over submitted calls in their order.
@@ -95,7 +95,7 @@ class Batch:
     attempts: int = 0
     done: list[Any] = field(default_factory=list)
     exposed: bool = False  # in flight when a stuck worker was stopped: a crash is not its own
-    resent: int = 0  # times sent again for free (exposed, or lost as collateral)
+    resent: int = 0  # times sent again for free, lost as collateral
 
     def span(self) -> str:
         return span(self.start, len(self.items))
@@ -286,12 +286,16 @@ class Driver:
         batch: Batch,
         in_flight: dict[cf.Future[Any], Batch],
     ) -> list[Any] | None:
-        """A batch lost with its worker: sent again while retries last (a batch caught in
-        the stop of another's stuck worker, or lost as collateral of other workers' deaths,
-        is sent again for free, a few times at most), else the error."""
-        free = (batch.exposed or error.collateral) and batch.resent < FREE_RESENDS
+        """A batch lost with its worker: sent again while retries last, else the error.
+
+        A batch caught in the stop of another's stuck worker is sent again for free, every
+        time: each stop took out an item that timed out, so there are no more stops than
+        such items (a pool that stops as a whole, as loky's does, catches every batch in
+        flight each time). One lost as collateral of other workers' deaths is sent again
+        for free a few times at most (nothing bounds those)."""
+        free = batch.exposed or (error.collateral and batch.resent < FREE_RESENDS)
         if error.retryable and (free or batch.attempts < self.retries):
-            if free:
+            if free and not batch.exposed:
                 batch.resent += 1
             else:
                 batch.attempts += 1

@@ -131,6 +131,31 @@ def test_items_within_the_limit_never_time_out_however_batched(backend, census):
     assert got == list(range(16))
 
 
+def slow_then_hanging(ok):
+    """Items below ``ok`` take 0.25 s each; the others hang."""
+
+    def fn(x):
+        time.sleep(0.25 if x < ok else 3600)
+        return x
+
+    return fn
+
+
+def test_a_batch_caught_in_many_stops_still_comes_back(backend, census):
+    """A backend that stops its whole pool to stop one stuck item (loky, multiprocessing)
+    loses the other batches in flight: each is sent again, for free however many items
+    time out beside it (7 here, over the 5 free resends a collateral loss gets).
+    symbreg --faults at its default size lost 36 good trees of 300 to that cap."""
+    if refuses(backend):
+        pytest.skip("refused, see test_hanging_items_stand_in_their_places")
+    ok, hangs = 8, 7  # a batch of 8 ok items (2 s) beside a batch of 7 that hang
+    got = parmap.parmap(slow_then_hanging(ok), range(ok + hangs), backend=backend,
+                        chunksize=ok, workers=2, item_timeout=0.5,
+                        return_exceptions=True)  # fmt: skip
+    assert got[:ok] == list(range(ok))
+    assert [type(g) for g in got[ok:]] == [parmap.ItemTimeoutError] * hangs
+
+
 def test_a_crashed_item_stands_as_worker_crashed_once_retries_are_spent(backend, census):
     if in_process(backend):
         pytest.skip("no worker to crash: it would be the test process")

@@ -95,11 +95,15 @@ class ProcessPoolBackend(Backend):
 
     def translate(self, exc: BaseException, future: cf.Future[Any] | None) -> BaseException:
         pool = getattr(future, "_parmap_pool", None)
-        if getattr(pool, "_parmap_stopped", False) and not isinstance(exc, BrokenProcessPool):
-            return WorkerCrashedError(f"a batch was lost when parmap stopped its {self.name} pool")
+        stopped = getattr(pool, "_parmap_stopped", False)
+        lost = f"a batch was lost when parmap stopped its {self.name} pool"
+        if stopped and not isinstance(exc, BrokenProcessPool):
+            return WorkerCrashedError(lost)
         if not isinstance(exc, BrokenProcessPool):
             return exc
         exitcode = self._exitcode(exc, pool)
+        if stopped and exitcode == -signal.SIGKILL:  # parmap's own kill, not the kernel's
+            return WorkerCrashedError(lost)
         if pool is not None:
             self._discard(pool)
         if not getattr(pool, "_parmap_ran", False) and self._reruns_main() and exitcode == 1:
