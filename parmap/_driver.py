@@ -295,8 +295,8 @@ class Driver:
         for free a few times at most (nothing bounds those)."""
         free = batch.exposed or (error.collateral and batch.resent < FREE_RESENDS)
         if error.retryable and (free or batch.attempts < self.retries):
-            if free and not batch.exposed:
-                batch.resent += 1
+            if free:
+                batch.resent += not batch.exposed
             else:
                 batch.attempts += 1
                 log.warning("parmap: %s; retrying items %s", error, batch.span())
