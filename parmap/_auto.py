@@ -5,6 +5,9 @@ One decision::
     per-item cost c   remembered from earlier calls of this function, or timed
                       on its first item(s) in the caller (results kept, never
                       recomputed)
+    item size b       the pickled size of the next item (its large buffers counted,
+                      not copied): what a backend that sends items to other
+                      processes copies per item
     item count n      len(), or read ahead up to READ_AHEAD items of a generator
     candidates        serial, and every installed backend whose class allows auto;
                       only the backends whose cluster is named (their class's
@@ -55,6 +58,7 @@ from parmap._batching import read_items
 from parmap._calibration import Calibration, gil_enabled
 from parmap._config import getenv
 from parmap._costs import costs, on_forget
+from parmap._serialization import pickled_size
 from parmap.backends._base import default_workers
 
 __all__ = ["Decision", "candidates", "commit", "decide", "learn", "plan", "stays_serial"]
@@ -88,12 +92,14 @@ class Decision:
     calibration: Calibration | None
     probe: list[Any] = field(default_factory=list, repr=False)
     missed: dict[str, float] = field(default_factory=dict, repr=False)  # see commit()
+    item_bytes: float = 0.0  # the pickled size of an item (0: unknown)
     on_threads: str = ""  # how the function scales on the caller's threads, and why
 
     def __str__(self) -> str:
         n = f"{self.n_items + len(self.probe):,}" + ("" if self.n_exact else "+")
+        size = f", {_fmt_bytes(self.item_bytes)} pickled" if self.item_bytes >= 1024 else ""
         lines = [
-            f"parmap auto: {self.fn} over {n} items of ~{_fmt(self.per_item_cost)} each "
+            f"parmap auto: {self.fn} over {n} items of ~{_fmt(self.per_item_cost)} each{size} "
             f"({self.cost_source}); predictions for the {self.n_items:,} left:",
             f"  calibration: {self.calibration.describe() if self.calibration else 'none'}",
         ]
@@ -113,6 +119,14 @@ def _fmt(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds:.2f} s"
+
+
+def _fmt_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def plan(
@@ -162,10 +176,13 @@ def plan(
         source = f"timed on {len(probed)} item(s) in the caller"
     remaining = None if total is None else max(0, total - len(probed))
     rest, n_rest, exact = _count(items, remaining, len(probed))
+    first = read_items(rest, 1, len(probed)) if n_rest else []
+    rest = itertools.chain(first, rest)
+    item_bytes = float(pickled_size(first[0])) if first else 0.0
     workers = workers or _default_workers()
     unsettled = _unsettled(fn_name)  # decided as if parallel on threads, to see if it matters
     decision = decide(fn_name, n_rest, exact, cost, source, workers, options, stops=stops,
-                      optimistic=unsettled)  # fmt: skip
+                      optimistic=unsettled, item_bytes=item_bytes)  # fmt: skip
     if unsettled and _shares_gil(decision.chosen):
         size, rounds = _thread_probe_size(cost, n_rest)
         unmeasured = 1.0
@@ -178,7 +195,8 @@ def plan(
         else:  # too few items to tell: as most Python code does, it holds the GIL
             unmeasured = 0.0
         decision = decide(fn_name, n_rest, exact, cost, source, workers, options,
-                          stops=stops, unmeasured=unmeasured)  # fmt: skip
+                          stops=stops, unmeasured=unmeasured,
+                          item_bytes=item_bytes)  # fmt: skip
     decision.probe = probed
     log.debug("%s", decision)
     return decision, rest, n_rest if exact else None
@@ -310,8 +328,12 @@ def decide(
     stops: bool = False,
     unmeasured: float = 1.0,
     optimistic: bool = False,
+    item_bytes: float = 0.0,
 ) -> Decision:
     """Predict each candidate and choose (see the module docstring).
+
+    ``item_bytes``: the pickled size of an item, copied per item by the backends
+    that send items to other processes (0: unknown, or small enough to ignore).
 
     ``unmeasured``, ``optimistic``: the parallel share of the work on the caller's
     threads taken for a function not measured there (enough) yet (see
@@ -322,7 +344,8 @@ def decide(
     """
     serial_seconds = n_items * cost
     predictions = {"serial": serial_seconds}
-    decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None)
+    decision = Decision(fn_name, n_items, exact, cost, source, predictions, {}, "serial", None,
+                        item_bytes=item_bytes)  # fmt: skip
     calibration = _calibration.load(workers)
     decision.calibration = calibration
     parallel = 1.0 if optimistic else _parallel_share(fn_name, unmeasured)
@@ -335,8 +358,9 @@ def decide(
             continue
         if not stops and model.fixed >= serial_seconds:
             continue  # cannot win even warm: skip the batch simulation
-        predicted = model.predict(n_items, cost)
-        if _registry.backend_class(name).shares_gil:
+        cls = _registry.backend_class(name)
+        predicted = model.predict(n_items, cost, item_bytes if cls.serializes else 0.0)
+        if cls.shares_gil:
             fraction, decision.on_threads = parallel_fraction(fn_name, unmeasured, optimistic)
             # the work that does not run in parallel takes its serial time
             rounds = math.ceil(n_items / workers)

@@ -318,6 +318,7 @@ class Call:
     probed: list[Any] = field(default_factory=list)  # results auto computed here
     decision: _auto.Decision | None = None
     started: float = field(default_factory=time.monotonic)
+    decided: float | None = None  # when auto had decided: its prediction is for what follows
 
     @classmethod
     def plan(
@@ -365,6 +366,7 @@ class Call:
         )  # fmt: skip
         _auto.commit(decision)
         self.decision, self.sequence = decision, None
+        self.decided = time.monotonic()  # the probes' items are not in the prediction
         self.settings = replace(settings, choice=replace(settings.choice, name=decision.chosen))
 
     def _probe(self, spec: CallSpec | None) -> Callable[[int], list[Any]]:
@@ -492,7 +494,7 @@ class Call:
         more than a tenth of it teaches nothing (the workers went on meanwhile)."""
         if self.decision is None:
             return
-        elapsed = time.monotonic() - self.started
+        elapsed = time.monotonic() - (self.decided or self.started)
         if consumer <= 0.1 * elapsed:
             _auto.learn(self.decision, elapsed - consumer)
 

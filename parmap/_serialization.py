@@ -52,6 +52,19 @@ def dumps(obj: Any) -> bytes:
         return file.getvalue()
 
 
+def pickled_size(obj: Any) -> int:
+    """The size of ``obj`` as :func:`dumps` writes it, without copying the large buffers
+    that protocol 5 can keep out of band (a numpy array's data: counted, not written);
+    0 if it cannot be pickled (the call itself will say why)."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        with io.BytesIO() as file:
+            _Pickler(file, protocol=PROTOCOL, buffer_callback=buffers.append).dump(obj)
+            return file.tell() + sum(memoryview(b).nbytes for b in buffers)
+    except Exception:
+        return 0
+
+
 def _code_reduce(code: types.CodeType) -> Any:
     """cloudpickle's reduction of a code object, with the code's own file name.
 

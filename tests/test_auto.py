@@ -165,6 +165,33 @@ def test_decision_math_on_a_known_calibration(monkeypatch):
     assert heavy.predictions["loky"] < heavy.predictions["serial"] / 1.8
 
 
+def test_large_items_keep_auto_off_the_backends_that_copy_them(monkeypatch):
+    """48 items of 3 ms each: two worker processes win, unless each item is 4 MiB to
+    copy there and back (then pickling and pipes cost more than the work); the decision
+    takes the item's size from the item itself, and says it."""
+    monkeypatch.setattr(_auto, "candidates", lambda options=frozenset(), **_: ["loky"])
+    monkeypatch.setattr(_auto, "_running", lambda name: True)
+    assert _auto.decide("s", 48, True, 3e-3, "given", 2).chosen == "loky"
+    big = _auto.decide("s", 48, True, 3e-3, "given", 2, item_bytes=4 << 20)
+    assert big.chosen == "serial" and "4.0 MiB pickled" in str(big), str(big)
+    decision = parmap.explain(funcs.sleep_then(0.002), [bytes(1 << 20)] * 8)
+    assert decision.item_bytes > 1 << 20 and "1.0 MiB pickled" in str(decision)
+
+
+def test_auto_learns_from_the_time_it_predicted_not_its_probes(monkeypatch):
+    """The first item(s) and the scaling probe run before the decision, outside its
+    prediction: the time auto learns from starts after them (else each probing call
+    made the chosen backend look slower than it is)."""
+    learned = []
+    monkeypatch.setattr(_auto, "learn", lambda decision, seconds: learned.append(seconds))
+    costs.clear()
+    started = time.perf_counter()
+    parmap.parmap(funcs.sleep_then(0.005), range(40), backend="auto", workers=2)
+    wall = time.perf_counter() - started
+    # at least the first item (5 ms) ran alone before the decision
+    assert learned and learned[0] <= wall - 0.005, (learned, wall)
+
+
 def test_a_call_slower_than_predicted_corrects_later_decisions(monkeypatch):
     model = OverheadModel("loky", 2, "parmap", 2e-4, fixed=1e-3, per_batch=2e-4)
     calibration = Calibration({"loky": model}, {"loky": 0.0}, time.time(), "test")

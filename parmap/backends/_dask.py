@@ -53,7 +53,7 @@ class DaskBackend(Backend):
     batch_overhead: float = DIRECT_OVERHEAD  # the embedded cluster's; prepare() sets it
     startup_seconds = 5.0
     default_model = MappingProxyType(
-        {"fixed": 15e-3, "per_item": 3e-6, "per_batch": 3e-3, "work_factor": 1.1}
+        {"fixed": 15e-3, "per_item": 3e-6, "per_byte": 1e-8, "per_batch": 3e-3, "work_factor": 1.1}
     )
     cluster_env = "DASK_SCHEDULER_ADDRESS"
     option_names = ("address",)

@@ -87,7 +87,13 @@ class MPIBackend(Backend):
     batch_overhead = 1e-3  # a warm round trip on 2 ranks of one host (MPICH 5), rounded up
     startup_seconds = 0.05  # the ranks exist already; the first call meets them
     default_model = MappingProxyType(
-        {"fixed": 3e-3, "per_item": 1.5e-6, "per_batch": 1.5e-3, "work_factor": 1.1}
+        {
+            "fixed": 3e-3,
+            "per_item": 1.5e-6,
+            "per_byte": 3e-9,
+            "per_batch": 1.5e-3,
+            "work_factor": 1.1,
+        }
     )
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:

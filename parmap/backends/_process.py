@@ -57,7 +57,7 @@ class ProcessPoolBackend(Backend):
     startup_seconds = 0.5
     # Measured on a 2-core machine, then rounded up so that auto errs towards serial.
     default_model = MappingProxyType(
-        {"fixed": 1.5e-3, "per_item": 2e-6, "per_batch": 3e-4, "work_factor": 1.1}
+        {"fixed": 1.5e-3, "per_item": 2e-6, "per_byte": 5e-9, "per_batch": 3e-4, "work_factor": 1.1}
     )
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:

@@ -45,7 +45,7 @@ class RayBackend(Backend):
     batch_overhead: float = 1.5e-3  # measured: ~0.75 ms of wall time per batch, 2 workers
     startup_seconds = 10.0
     default_model = MappingProxyType(
-        {"fixed": 5e-3, "per_item": 3e-6, "per_batch": 1.5e-3, "work_factor": 1.1}
+        {"fixed": 5e-3, "per_item": 3e-6, "per_byte": 5e-9, "per_batch": 1.5e-3, "work_factor": 1.1}
     )
     cluster_env = "RAY_ADDRESS"
     option_names = ("address",)
