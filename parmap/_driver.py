@@ -295,9 +295,9 @@ class Driver:
         for free a few times at most (nothing bounds those)."""
         free = batch.exposed or (error.collateral and batch.resent < FREE_RESENDS)
         if error.retryable and (free or batch.attempts < self.retries):
-            if free:
-                batch.resent += not batch.exposed
-            else:
+            if free and not batch.exposed:
+                batch.resent += 1
+            elif not free:
                 batch.attempts += 1
                 log.warning("parmap: %s; retrying items %s", error, batch.span())
             batch.exposed = False
