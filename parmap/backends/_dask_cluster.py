@@ -518,8 +518,9 @@ class _LocalCluster(distributed.LocalCluster):
     that hang, sometimes the same nanny's twice within 15 s: the check can then find the
     second replacement still starting, and the cluster stays a worker short (seen in
     ``symbreg --faults``). Our nannies start their own replacements, so a removal leaves
-    them be. This overrides a private method; if it changes, :func:`_wait_for_replacements`
-    still starts any nanny that went missing, through the public ``scale()``.
+    them be. This overrides a private method; if it changes, :func:`_restore_nannies`
+    (at each call, and before waiting for replacements) still starts any nanny that went
+    missing, through the public ``scale()``.
     """
 
     def _update_worker_status(self, op: str, msg: Any) -> None:
